@@ -1,0 +1,36 @@
+"""Glue between lm-eval and the shared package: data loading, parsing, scoring.
+
+All logic lives in ``icd10_coder`` (installed with the project), so this task scores
+exactly as ``tools/predict.py`` and ``tools/report.py`` do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+from icd10_coder.parsing import extract_codes
+from icd10_coder.paths import PREPARED
+from icd10_coder.scoring import score_codes
+
+CODE_SEPARATOR = ", "
+
+
+def load_prepared(data_dir: str | None = None, **_: object) -> datasets.DatasetDict:
+    """The prepared test split: ``data_dir`` from --metadata, else $ICD10_DATA_DIR, else data/prepared."""
+    folder = Path(data_dir or os.environ.get("ICD10_DATA_DIR") or PREPARED)
+    path = folder / "test.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `make prepare` first (or point data_dir elsewhere)")
+    return datasets.load_dataset("json", data_files={"test": str(path)})
+
+
+def parse_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """Filter: each raw answer becomes its parsed codes, joined ('' when none parsed)."""
+    return [[CODE_SEPARATOR.join(extract_codes(answer)) for answer in answers] for answers in resps]
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, int]:
+    codes = [code for code in results[0].split(CODE_SEPARATOR) if code]
+    return score_codes(doc["gold_code"], codes)

@@ -1,0 +1,33 @@
+"""Shared fixtures: paths, the embedded model, the real MedSynth sample when present."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+# tools/*.py are scripts; make them importable for unit tests.
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
+
+MEDSYNTH_SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.jsonl"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    if not (EMBEDDED_MODEL / "config.json").is_file():
+        pytest.fail(f"{EMBEDDED_MODEL} is missing: run `make setup` (make test does it)")
+    return EMBEDDED_MODEL
+
+
+@pytest.fixture(scope="session")
+def medsynth_sample() -> Path:
+    if not MEDSYNTH_SAMPLE.is_file():
+        pytest.skip(f"real MedSynth sample not present at {MEDSYNTH_SAMPLE}")
+    return MEDSYNTH_SAMPLE

@@ -1,0 +1,34 @@
+"""Dialogue clean-up: one turn per line, one way of naming the speaker.
+
+MedSynth mixes ``[doctor]:``, ``[doctor] ``, ``[Doctor]``, ``**Doctor:**``, other speakers
+(``[mother]``), turns run together without line breaks, and stray Markdown code fences.
+prepare (training/evaluation data) and predict (a doctor's input) both clean through
+here, so a model sees the same shape of text in training and in use.
+"""
+
+from __future__ import annotations
+
+import re
+
+# [doctor]: / [Doctor] / [patient's mother]: ... and **Doctor:** / **Doctor**: forms.
+_BRACKET_TAG = re.compile(r"\[\s*([A-Za-z][A-Za-z' ]{0,30}?)\s*\]\s*:?\s*")
+_BOLD_TAG = re.compile(
+    r"\*\*\s*([A-Za-z][A-Za-z' ]{0,30}?)\s*:\s*\*\*\s*"  # **Doctor:**
+    r"|\*\*\s*([A-Za-z][A-Za-z' ]{0,30}?)\s*\*\*\s*:\s*"  # **Doctor**:
+)
+_FENCE = re.compile(r"```[A-Za-z]*")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+
+
+def clean_dialogue(text: str) -> str:
+    """Return the dialogue as ``Speaker: words`` lines; '' when nothing is left."""
+    text = _FENCE.sub("\n", text or "")
+
+    def as_turn(match: re.Match[str]) -> str:
+        speaker = next(g for g in match.groups() if g)
+        return f"\n{speaker.strip().capitalize()}: "
+
+    text = _BOLD_TAG.sub(as_turn, text)
+    text = _BRACKET_TAG.sub(as_turn, text)
+    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line and not re.fullmatch(r"[A-Za-z' ]+:", line))

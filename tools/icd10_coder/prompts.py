@@ -1,0 +1,61 @@
+"""Render the Jinja templates in ``prompts/``: the single source of prompt text.
+
+Nothing in Python holds prompt wording; this module only loads and fills templates,
+so training data, the lm-eval task, the LLM baseline and ``predict`` see the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from icd10_coder.paths import REPO_ROOT
+
+DEFAULT_MAX_ALTERNATIVES = 2
+
+
+def prompts_dir() -> Path:
+    """``prompts/`` of the checkout, or ``$ICD10_PROMPTS_DIR`` to try a variant without editing."""
+    return Path(os.environ.get("ICD10_PROMPTS_DIR", REPO_ROOT / "prompts"))
+
+
+@lru_cache(maxsize=8)
+def _environment(directory: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+
+
+def _render(name: str, **variables: object) -> str:
+    return _environment(str(prompts_dir())).get_template(name).render(**variables)
+
+
+def render_system(max_alternatives: int = DEFAULT_MAX_ALTERNATIVES) -> str:
+    return _render("system.j2", max_alternatives=max_alternatives)
+
+
+def render_user(dialogue: str) -> str:
+    if not dialogue or not dialogue.strip():
+        raise ValueError("dialogue is empty")
+    return _render("user.j2", dialogue=dialogue)
+
+
+def render_answer(code: str, description: str) -> str:
+    return _render("answer.j2", code=code, description=description)
+
+
+def chat_messages(dialogue: str, answer: str | None = None) -> list[dict[str, str]]:
+    """System + user (+ assistant) messages in the OpenAI / Hugging Face chat format."""
+    messages = [
+        {"role": "system", "content": render_system()},
+        {"role": "user", "content": render_user(dialogue)},
+    ]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
