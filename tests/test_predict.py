@@ -1,0 +1,105 @@
+"""tools/predict.py: single, stdin and batch use; bad input; constrained decoding never invents codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from icd10_coder.codes import is_billable
+from icd10_coder.constrained import CodePrefixConstraint
+from icd10_coder.offline import subprocess_env
+
+REPO = Path(__file__).resolve().parents[1]
+PREDICT = [sys.executable, str(REPO / "tools" / "predict.py")]
+DIALOGUE = ("[doctor]: What brings you in today?[patient]: I'm always thirsty and I pee a lot. It has been going on "
+            "for about a month.[doctor]: Based on what you describe, this is type 2 diabetes mellitus without "
+            "complications.[patient]: Thank you, doctor.")
+
+
+def predict(*args: str, stdin: str | bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*PREDICT, *args], input=stdin.encode() if isinstance(stdin, str) else stdin,
+                          capture_output=True, env=subprocess_env(hub_offline=True), cwd=REPO, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def dialogue_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("predict") / "dialogue.txt"
+    path.write_text(DIALOGUE)
+    return path
+
+
+def test_single_file_human_readable(dialogue_file, embedded_model):
+    result = predict(str(dialogue_file), "--adapter", "none", "--top-k", "2")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    out = result.stdout.decode()
+    assert out.startswith("1. ") and "model answer:" in out and "[billable]" in out
+
+
+def test_stdin_json_codes_are_valid_and_described(embedded_model):
+    result = predict("-", "--adapter", "none", "--json", "--top-k", "3", stdin=DIALOGUE)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    answer = json.loads(result.stdout)
+    assert 1 <= len(answer["codes"]) <= 3 and answer["raw_answer"]
+    assert [c["rank"] for c in answer["codes"]] == list(range(1, len(answer["codes"]) + 1))
+    for code in answer["codes"]:
+        assert code["billable"] and is_billable(code["code"]) and code["description"]
+
+
+def test_batch_jsonl_reports_progress_and_throughput(tmp_path, embedded_model):
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps({"dialogue": DIALOGUE.replace("month", m)}) for m in ("week", "year")))
+    result = predict(str(batch), "--adapter", "none", "--json", "--top-k", "1")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["codes"] for line in lines)
+    assert "dialogues/s" in result.stderr.decode()
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), [
+    (["-"], "   \n", "empty"),
+    (["-"], b"\x00\x01binary\x00", "binary"),
+    (["missing.txt"], None, "no such file"),
+    (["-", "--adapter", "/nonexistent/adapter"], DIALOGUE, "adapter"),
+    (["-"], '{"text": "no dialogue key"}\n', "no 'dialogue'"),
+])
+def test_bad_input_is_a_clear_error(args, stdin, message, embedded_model):
+    result = predict(*args, stdin=stdin)
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert message in err and "Traceback" not in err, err
+
+
+def test_constraint_allows_only_prefixes_of_billable_codes(embedded_model):
+    from transformers import AutoTokenizer
+
+    constraint = CodePrefixConstraint(AutoTokenizer.from_pretrained(embedded_model))
+    texts = {i: constraint.tokenizer.decode([i]) for i in constraint.allowed_after("")}
+    assert texts and all(any(code.startswith(t) for code in ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K",
+                                                                 "L", "M", "N", "O", "P", "Q", "R", "S", "T", "U",
+                                                                 "V", "W", "X", "Y", "Z")) for t in texts.values())
+    after_e11 = {constraint.tokenizer.decode([i]) for i in constraint.allowed_after("E11")}
+    assert "." in after_e11 and not {t for t in after_e11 if t[:1] == " "}  # E11 is not billable: no separator yet
+    after_full = constraint.allowed_after("E11.9")
+    assert constraint.tokenizer.eos_token_id in after_full  # complete billable code may end
+    assert len(constraint.allowed_after("E11.9 - Type")) == len(constraint.tokenizer)  # description is free
+
+
+@pytest.mark.slow
+def test_constrained_mode_never_returns_an_invalid_code_on_the_demo_split(tmp_path, embedded_model):
+    """Base model, no adapter: the least disciplined answerer, so the constraint does all the work."""
+    subprocess.run([sys.executable, str(REPO / "tools" / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
+                    str(tmp_path / "prepared")], check=True, capture_output=True, env=subprocess_env(hub_offline=True))
+    rows = [json.loads(line) for line in (tmp_path / "prepared" / "test.jsonl").read_text().splitlines()]
+    batch = tmp_path / "test.jsonl"
+    batch.write_text("\n".join(json.dumps({"dialogue": r["dialogue"]}) for r in rows))
+    result = predict(str(batch), "--adapter", "none", "--json", "--top-k", "3", "--constrain")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    answers = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert len(answers) == len(rows)
+    for answer in answers:
+        assert answer["codes"], answer
+        assert all(c["billable"] for c in answer["codes"]), answer

@@ -1,0 +1,122 @@
+"""Recipes: no copy drift between GPU and CPU, axolotl's own validation, answer-only loss."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icd10_coder.offline import subprocess_env
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+# What a CUDA machine reports to axolotl (an H100); lets GPU recipes validate on CPU.
+GPU_CAPABILITIES = {"bf16": True, "fp8": True, "tf32": True, "n_gpu": 1, "compute_capability": "sm_90"}
+
+
+def recipe(name: str) -> dict:
+    return yaml.safe_load((RECIPES / name).read_text())
+
+
+def hardware_keys() -> set[str]:
+    block = re.search(r"```hardware-keys\n(.*?)```", (RECIPES / "README.md").read_text(), re.S)
+    assert block, "recipes/README.md must list the hardware keys"
+    return set(block.group(1).split())
+
+
+def differing_keys(a: dict, b: dict) -> set[str]:
+    return {k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def test_cpu_recipe_differs_from_gpu_recipe_only_in_hardware_keys():
+    drift = differing_keys(recipe("qlora.yml"), recipe("demo-cpu.yml")) - hardware_keys()
+    assert not drift, f"keys differ between qlora.yml and demo-cpu.yml without being hardware keys: {drift}"
+
+
+def test_every_hardware_key_is_a_real_difference_or_a_real_key():
+    both = set(recipe("qlora.yml")) | set(recipe("demo-cpu.yml"))
+    assert hardware_keys() <= both, hardware_keys() - both
+
+
+def test_multigpu_recipe_is_qlora_plus_deepspeed():
+    assert differing_keys(recipe("qlora.yml"), recipe("qlora-multigpu.yml")) == {
+        "deepspeed", "output_dir", "dataset_prepared_path", "mlflow_run_name"}
+    assert (REPO / recipe("qlora-multigpu.yml")["deepspeed"]).is_file()
+
+
+def test_cpu_recipe_has_the_cpu_settings():
+    cpu = recipe("demo-cpu.yml")
+    assert cpu["bf16"] is False and cpu["fp16"] is False and cpu["attn_implementation"] == "sdpa"
+    assert not any(cpu[f"lora_{k}_kernel"] for k in ("mlp", "qkv", "o", "embedding"))
+    assert cpu["base_model"].endswith("outputs/models/smollm2-135m-instruct")
+
+
+def test_gpu_recipe_is_qlora_with_the_promised_settings():
+    gpu = recipe("qlora.yml")
+    assert gpu["adapter"] == "qlora" and gpu["load_in_4bit"] is True and gpu["lora_target_linear"] is True
+    assert gpu["bf16"] == "auto" and gpu["attn_implementation"] == "flash_attention_2"
+    assert gpu["gradient_checkpointing"] is True and gpu["lr_scheduler"] == "cosine"
+    assert gpu["test_datasets"] and gpu["output_dir"].startswith("outputs/")
+    assert gpu["mlflow_tracking_uri"].startswith("sqlite:///outputs/")
+
+
+@pytest.mark.parametrize("name", ["qlora.yml", "qlora-multigpu.yml"])
+def test_gpu_recipes_pass_axolotl_validation(name):
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = validate_config(DictDefault(recipe(name)), capabilities=GPU_CAPABILITIES,
+                          env_capabilities={"torch_version": "2.13.0"})
+    assert cfg.adapter == "qlora" and cfg.load_in_4bit and cfg.sequence_len == 2048
+
+
+def test_gpu_recipe_validation_would_catch_a_bad_key():
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    broken = recipe("qlora.yml") | {"adapter": "qlora", "load_in_4bit": False, "load_in_8bit": False}
+    with pytest.raises(ValueError):
+        validate_config(DictDefault(broken), capabilities=GPU_CAPABILITIES, env_capabilities={"torch_version": "2.13.0"})
+
+
+def test_cpu_recipe_passes_axolotl_load_cfg(embedded_model, monkeypatch):
+    """The full loader axolotl's CLI uses, on this (GPU-less) machine."""
+    from axolotl.cli.config import load_cfg
+
+    monkeypatch.chdir(REPO)
+    cfg = load_cfg(str(RECIPES / "demo-cpu.yml"))
+    assert cfg.adapter == "lora" and not cfg.bf16 and not cfg.fp16
+
+
+def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model):
+    """Tokenize demo data with axolotl itself and check which tokens carry loss."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    env = subprocess_env(hub_offline=True)
+    subprocess.run([sys.executable, str(REPO / "tools" / "prepare.py"), "--demo", "--tokenizer", "none",
+                    "--out", str(tmp_path / "data" / "prepared")], check=True, env=env, capture_output=True)
+    prepared = tmp_path / "cache"
+    result = subprocess.run(
+        [sys.executable, "-m", "axolotl.cli.preprocess", str(RECIPES / "demo-cpu.yml"),
+         f"--base_model={embedded_model}", f"--dataset_prepared_path={prepared}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    arrow_dirs = [p.parent for p in prepared.rglob("dataset_info.json")]
+    assert arrow_dirs, f"no tokenized dataset under {prepared}"
+    rows = datasets.load_from_disk(str(arrow_dirs[0]))
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    train = [yaml.safe_load(line) for line in (tmp_path / "data/prepared/train.jsonl").read_text().splitlines()]
+    answers = {r["messages"][2]["content"] for r in train}
+    system_prompt = train[0]["messages"][0]["content"]
+    for row in rows.select(range(min(10, len(rows)))):
+        trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+        masked = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100]
+        trained_text = tokenizer.decode(trained)
+        assert trained_text.replace("<|im_end|>", "").strip() in answers, trained_text
+        assert "Dialogue:" in tokenizer.decode(masked) and system_prompt[:40] in tokenizer.decode(masked)
+        assert len(trained) < len(masked) / 5

@@ -1,0 +1,115 @@
+"""The whole three-way comparison, offline, on embedded defaults (``make demo``).
+
+prepare --demo -> axolotl training of recipes/demo-cpu.yml -> lm-eval of the Baseline SLM
+and the Finetuned SLM -> Baseline LLM through a real OpenAI-compatible server on
+127.0.0.1 (``transformers serve`` with the embedded model standing in for the large
+model) -> report. Each stage is the same command a user would type; this script only
+chains them, serves the local endpoint and records how long each stage took.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.offline import subprocess_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS, REPO_ROOT  # noqa: E402
+
+RECIPE = "recipes/demo-cpu.yml"
+TOOLS = REPO_ROOT / "tools"
+BIN = Path(sys.executable).parent
+
+
+def run(stage: str, command: list[str], timings: dict[str, float]) -> None:
+    click.secho(f"\n=== {stage}: {' '.join(command)}", bold=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(hub_offline=True), check=False)
+    timings[stage] = round(time.perf_counter() - started, 1)
+    if result.returncode != 0:
+        raise click.ClickException(f"stage '{stage}' failed (exit {result.returncode}); see the output above")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def local_openai_server(model: Path, timeout_s: float = 180):
+    """``transformers serve`` on 127.0.0.1; yields the chat-completions URL, stops the server after."""
+    port = free_port()
+    log = (OUTPUTS / "eval" / "llm-server.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        server = subprocess.Popen(
+            [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+             "--dtype", "float32", str(model)],
+            stdout=handle, stderr=subprocess.STDOUT, env=subprocess_env(hub_offline=True), cwd=REPO_ROOT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if server.poll() is not None:
+                    raise click.ClickException(f"the local model server exited early; see {log}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"the local model server did not answer in {timeout_s:.0f} s; see {log}")
+                time.sleep(1)
+            yield f"http://127.0.0.1:{port}/v1/chat/completions"
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--skip-llm", is_flag=True, help="Leave out the Baseline LLM (it is then reported as missing).")
+def main(skip_llm: bool) -> None:
+    """Run the offline demo end to end and write outputs/report/."""
+    if not (EMBEDDED_MODEL / "config.json").is_file():
+        raise click.ClickException(f"{EMBEDDED_MODEL} is missing: run `make setup` first")
+    timings: dict[str, float] = {}
+    python = sys.executable
+    # Results of earlier runs would mix into the report; axolotl's token cache would
+    # hide freshly prepared data.
+    for stale in (OUTPUTS / "eval", OUTPUTS / "axolotl-cache" / "demo-cpu", OUTPUTS / "adapters" / "demo-cpu"):
+        shutil.rmtree(stale, ignore_errors=True)
+    started = time.perf_counter()
+    run("prepare", [python, "tools/prepare.py", "--demo"], timings)
+    run("train", [str(BIN / "accelerate"), "launch", "-m", "axolotl.cli.train", RECIPE], timings)
+    run("eval baseline-slm + finetuned-slm",
+        [python, "tools/run_eval.py", "recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"], timings)
+    if not skip_llm:
+        llm_started = time.perf_counter()
+        with local_openai_server(EMBEDDED_MODEL) as url:
+            timings["llm server start"] = round(time.perf_counter() - llm_started, 1)
+            run("eval baseline-llm (local OpenAI-compatible server)",
+                [python, "tools/run_eval.py", "recipes/eval/baseline-llm.yml",
+                 "--model-arg", f"base_url={url}", "--model-arg", f"model={EMBEDDED_MODEL}",
+                 "--model-arg", "num_concurrent=1"], timings)
+    run("report", [python, "tools/report.py"], timings)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    (OUTPUTS / "report" / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    click.secho("\nDemo finished. Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), bold=True)
+    click.echo("Report: outputs/report/report.md; MLflow: mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db")
+
+
+if __name__ == "__main__":
+    main()

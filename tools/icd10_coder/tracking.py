@@ -1,0 +1,36 @@
+"""MLflow location: a local SQLite store under outputs/ unless MLFLOW_TRACKING_URI says otherwise."""
+
+from __future__ import annotations
+
+import os
+
+from icd10_coder.offline import telemetry_defaults
+from icd10_coder.paths import OUTPUTS, REPO_ROOT
+
+SQLITE = "sqlite:///"
+
+
+def tracking_uri() -> str:
+    """The configured URI, with a relative SQLite path anchored at the repository root.
+
+    axolotl recipes say ``sqlite:///outputs/mlflow.db`` (relative to where you launch, the
+    repository root); tools resolve it the same way wherever they are started from.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or telemetry_defaults()["MLFLOW_TRACKING_URI"]
+    if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
+        return f"{SQLITE}{REPO_ROOT / uri[len(SQLITE):]}"
+    return uri
+
+
+def use_experiment(name: str) -> str:
+    """Select (creating if needed) the experiment; new ones keep artifacts under outputs/."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        OUTPUTS.mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(name, artifact_location=(OUTPUTS / "mlflow-artifacts").as_uri())
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -1,0 +1,160 @@
+"""Dialogue in, ranked ICD-10-CM codes out: what a doctor-facing integration calls.
+
+    python tools/predict.py dialogue.txt                 # one dialogue from a file
+    cat dialogue.txt | python tools/predict.py -         # from stdin
+    python tools/predict.py batch.jsonl --json           # one {"dialogue": ...} per line
+
+Same prompt templates, dialogue clean-up and answer parser as training and evaluation.
+With --constrain (default) decoding may only start with a real billable ICD-10-CM code;
+beam search gives the ranked alternatives (the first code of each beam).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.offline import apply_offline_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS  # noqa: E402
+
+DEFAULT_ADAPTER = OUTPUTS / "adapters" / "demo-cpu"
+MAX_NEW_TOKENS = 48
+
+
+class Predictor:
+    """Base model (+ optional LoRA adapter) with the project's prompt and parser."""
+
+    def __init__(self, base_model: Path, adapter: Path | None, constrain: bool):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(adapter or base_model)
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        self.model = model.eval()
+        self.constraint = None
+        if constrain:
+            from icd10_coder.constrained import CodePrefixConstraint
+
+            self.constraint = CodePrefixConstraint(self.tokenizer)
+
+    def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
+        import torch
+
+        from icd10_coder.codes import description, validity
+        from icd10_coder.dialogue import clean_dialogue
+        from icd10_coder.parsing import extract_codes
+        from icd10_coder.prompts import chat_messages
+
+        cleaned = clean_dialogue(dialogue)
+        if not cleaned:
+            raise click.ClickException("the dialogue is empty")
+        inputs = self.tokenizer.apply_chat_template(chat_messages(cleaned), add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)
+        prompt_length = inputs["input_ids"].shape[1]
+        beams = max(1, top_k)
+        with torch.no_grad():
+            output = self.model.generate(
+                **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=beams,
+                num_return_sequences=beams, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                prefix_allowed_tokens_fn=self.constraint.hook(prompt_length) if self.constraint else None)
+        answers = [self.tokenizer.decode(seq[prompt_length:], skip_special_tokens=True).strip() for seq in output]
+        ranked: list[str] = []
+        for answer in answers:  # beams come best first; keep each beam's codes in order
+            for code in extract_codes(answer):
+                if code not in ranked:
+                    ranked.append(code)
+        return {
+            "codes": [{"rank": rank, "code": code, "description": description(code), "validity": validity(code),
+                       "billable": validity(code) == "billable"} for rank, code in enumerate(ranked[:top_k], 1)],
+            "raw_answer": answers[0],
+        }
+
+
+def read_dialogues(source: str) -> tuple[list[str], bool]:
+    """Dialogues from a file or stdin ('-'); JSONL (one object with a dialogue per line) is a batch."""
+    raw = sys.stdin.buffer.read() if source == "-" else _read_file(Path(source))
+    if b"\0" in raw:
+        raise click.ClickException(f"{source}: looks like a binary file, expected dialogue text or JSONL")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise click.ClickException(f"{source}: not UTF-8 text ({err.reason})") from err
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and all(line.lstrip().startswith("{") for line in lines):
+        dialogues = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise click.ClickException(f"{source}: line {number} is not valid JSON ({err.msg})") from err
+            value = record.get("dialogue", record.get("Dialogue"))
+            if not isinstance(value, str) or not value.strip():
+                raise click.ClickException(f"{source}: line {number} has no 'dialogue' text")
+            dialogues.append(value)
+        return dialogues, True
+    if not text.strip():
+        raise click.ClickException(f"{source}: the dialogue is empty")
+    return [text], False
+
+
+def _read_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no such file")
+    return path.read_bytes()
+
+
+def human(result: dict[str, Any]) -> str:
+    lines = [f"{c['rank']}. {c['code']:<9} {c['description'] or '(not in ICD-10-CM)'}  [{c['validity']}]"
+             for c in result["codes"]] or ["(no ICD-10-CM code in the model's answer)"]
+    return "\n".join(lines + [f"model answer: {result['raw_answer']!r}"])
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("source", metavar="FILE|-")
+@click.option("--adapter", default=None, metavar="DIR|none",
+              help=f"LoRA adapter folder. Default: {DEFAULT_ADAPTER.relative_to(OUTPUTS.parent)} if it exists; "
+                   "'none' for the base model alone.")
+@click.option("--base-model", type=click.Path(file_okay=False, path_type=Path), default=EMBEDDED_MODEL,
+              show_default=True, help="Base model folder (the recipe's base_model).")
+@click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many ranked codes.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dialogue instead of text.")
+@click.option("--constrain/--no-constrain", default=True, show_default=True,
+              help="Only let the model start its answer with a real billable ICD-10-CM code.")
+def main(source: str, adapter: str | None, base_model: Path, top_k: int, as_json: bool, constrain: bool) -> None:
+    """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
+    apply_offline_env(hub_offline=True)
+    dialogues, batch = read_dialogues(source)
+    if adapter is None:
+        adapter_path = DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
+    elif adapter.lower() == "none":
+        adapter_path = None
+    else:
+        adapter_path = Path(adapter)
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise click.ClickException(f"adapter {adapter_path}: not found (no adapter_config.json)")
+    if not (base_model / "config.json").is_file():
+        raise click.ClickException(f"base model {base_model}: not found; run `make setup`")
+    predictor = Predictor(base_model, adapter_path, constrain)
+    started = time.perf_counter()
+    for dialogue in tqdm(dialogues, desc="predict", unit="dialogue", disable=not batch, file=sys.stderr):
+        result = predictor.predict(dialogue, top_k)
+        click.echo(json.dumps(result, ensure_ascii=False) if as_json else human(result) + ("\n" if batch else ""))
+    if batch:
+        elapsed = time.perf_counter() - started
+        click.echo(f"{len(dialogues)} dialogues in {elapsed:.1f} s ({len(dialogues) / elapsed:.2f} dialogues/s)",
+                   err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Compare the evaluated approaches: ``outputs/report/{report.md,summary.json,*.png}`` + MLflow.
+
+    python tools/report.py            # reads outputs/eval/<approach>/ (make report)
+
+Reads lm-eval's results and per-sample logs for each approach present, adds 95% Wilson
+confidence intervals, exact McNemar tests on the items both approaches answered, plots,
+and logs everything to MLflow (local SQLite by default). Missing approaches are reported
+as missing, never as zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.codes import chapter_title  # noqa: E402
+from icd10_coder.offline import apply_offline_env  # noqa: E402
+from icd10_coder.paths import OUTPUTS, PREPARED, REPO_ROOT  # noqa: E402
+from icd10_coder.scoring import LOWER_IS_BETTER, METRICS  # noqa: E402
+
+APPROACHES = ("baseline-llm", "baseline-slm", "finetuned-slm")
+LABELS = {"baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM", "finetuned-slm": "Finetuned SLM"}
+TASK = "icd10_medsynth"
+EXPERIMENT = "icd10-medsynth"
+Z95 = 1.959963984540054
+
+
+@dataclass
+class Approach:
+    name: str
+    folder: Path
+    model: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.name, self.name)
+
+    def per_item(self, metric: str) -> dict[str, int]:
+        """Per-sample 0/1 values keyed by test item id."""
+        return {item_key(s): int(s[metric]) for s in self.samples}
+
+
+def item_key(sample: dict[str, Any]) -> str:
+    return str(sample["doc"].get("id", sample.get("doc_hash")))
+
+
+def newest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.rglob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def load_approach(folder: Path) -> Approach | None:
+    results_file = newest(folder, "results_*.json")
+    if results_file is None:
+        return None
+    approach = Approach(name=folder.name, folder=folder)
+    approach.results = json.loads(results_file.read_text())
+    run_config = folder / "run_config.yml"
+    model_args = (yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}).get("model_args") or \
+        approach.results.get("config", {}).get("model_args") or {}
+    if isinstance(model_args, str):
+        model_args = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
+    approach.model = " + ".join(str(model_args[k]) for k in ("pretrained", "model", "peft") if model_args.get(k))
+    samples_file = newest(results_file.parent, f"samples_{TASK}_*.jsonl")
+    if samples_file is not None:
+        approach.samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    return approach
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval: honest at small n and at 0 or 1, unlike mean +- 2 stderr."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
+    task_results = approach.results.get("results", {}).get(TASK, {})
+    summary = {}
+    for metric in METRICS:
+        values = list(approach.per_item(metric).values()) if approach.samples else None
+        mean = sum(values) / len(values) if values else task_results.get(f"{metric},parsed_codes")
+        n = len(values) if values else int(approach.results.get("n-samples", {}).get(TASK, {}).get("effective", 0))
+        low, high = wilson(round(mean * n), n) if mean is not None and n else (math.nan, math.nan)
+        summary[metric] = {"mean": mean, "ci95_low": low, "ci95_high": high,
+                           "stderr": task_results.get(f"{metric}_stderr,parsed_codes")}
+    return summary
+
+
+def mcnemar(a: dict[str, int], b: dict[str, int]) -> dict[str, Any]:
+    """Exact McNemar test on the items both approaches answered (two-sided binomial on discordant pairs)."""
+    common = sorted(set(a) & set(b))
+    only_a = sum(1 for k in common if a[k] and not b[k])
+    only_b = sum(1 for k in common if b[k] and not a[k])
+    discordant = only_a + only_b
+    if discordant == 0:
+        p_value = 1.0
+    else:
+        tail = sum(math.comb(discordant, i) for i in range(0, min(only_a, only_b) + 1)) / 2**discordant
+        p_value = min(1.0, 2 * tail)
+    diff = (sum(b[k] for k in common) - sum(a[k] for k in common)) / len(common) if common else math.nan
+    return {"n_paired": len(common), "a_only": only_a, "b_only": only_b, "difference_b_minus_a": diff,
+            "p_value": p_value}
+
+
+def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
+    tests = []
+    for a, b in combinations([x for x in approaches if x.samples], 2):
+        for metric in METRICS:
+            tests.append({"a": a.name, "b": b.name, "metric": metric, **mcnemar(a.per_item(metric), b.per_item(metric))})
+    return tests
+
+
+def confusions(approach: Approach, top: int = 10) -> list[tuple[str, str, int]]:
+    pairs = Counter()
+    for s in approach.samples:
+        predicted = (s.get("filtered_resps") or [""])[0].split(", ")[0] or "(none)"
+        if not s["exact_match"]:
+            pairs[(s["doc"]["gold_code"], predicted)] += 1
+    return [(gold, pred, n) for (gold, pred), n in pairs.most_common(top)]
+
+
+def by_chapter(approach: Approach) -> dict[str, tuple[int, int]]:
+    counts: dict[str, list[int]] = {}
+    for s in approach.samples:
+        chapter = s["doc"].get("chapter") or "unknown"
+        hit_total = counts.setdefault(chapter, [0, 0])
+        hit_total[0] += int(s["exact_match"])
+        hit_total[1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot_metrics(approaches: list[Approach], summaries: dict[str, dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / max(1, len(approaches))
+    for i, approach in enumerate(approaches):
+        s = summaries[approach.name]
+        means = [s[m]["mean"] or 0 for m in METRICS]
+        errors = [[max(0, (s[m]["mean"] or 0) - s[m]["ci95_low"]) for m in METRICS],
+                  [max(0, s[m]["ci95_high"] - (s[m]["mean"] or 0)) for m in METRICS]]
+        xs = [j + (i - (len(approaches) - 1) / 2) * width for j in range(len(METRICS))]
+        bars = ax.bar(xs, means, width, yerr=errors, capsize=3, label=f"{approach.label} (n={len(approach.samples)})")
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=7, padding=2)
+    ax.set_xticks(range(len(METRICS)), [m.replace("_", " ") + (" (lower=better)" if m in LOWER_IS_BETTER else "")
+                                        for m in METRICS], rotation=20, ha="right")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("share of test dialogues")
+    ax.set_title("ICD-10 coding: metrics per approach (95% Wilson CI)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_chapters(approaches: list[Approach], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    chapters = sorted({c for a in approaches for c in by_chapter(a)}, key=lambda c: (not c.isdigit(), int(c)
+                                                                                      if c.isdigit() else 0, c))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(chapters) + 1.8))
+    height = 0.8 / max(1, len(approaches))
+    for i, approach in enumerate(approaches):
+        table = by_chapter(approach)
+        values = [table[c][0] / table[c][1] if c in table else 0 for c in chapters]
+        ys = [j + (i - (len(approaches) - 1) / 2) * height for j in range(len(chapters))]
+        ax.barh(ys, values, height, label=approach.label)
+    ax.set_yticks(range(len(chapters)), [f"{c}: {chapter_title(c)[:55]}" if c != "unknown" else c
+                                         for c in chapters], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("exact match")
+    ax.set_title("Exact match per ICD-10-CM chapter")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_confusions(approaches: list[Approach], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(approaches), figsize=(5.5 * len(approaches), 4.2), squeeze=False)
+    for ax, approach in zip(axes[0], approaches, strict=True):
+        rows = confusions(approach)
+        ax.barh([f"{g} -> {p}" for g, p, _ in rows], [n for *_, n in rows], color="tab:red")
+        ax.invert_yaxis()
+        ax.set_title(f"{approach.label}: most frequent errors", fontsize=10)
+        ax.set_xlabel("test dialogues")
+        ax.tick_params(axis="y", labelsize=8)
+        if not rows:
+            ax.text(0.5, 0.5, "no errors", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- report
+
+
+def without_nan(value: Any) -> Any:
+    """JSON has no NaN: undefined intervals become null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nan(v) for v in value]
+    return value
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[str]) -> str:
+    lines = [f"# ICD-10 coding: {' vs '.join(LABELS.get(a, a) for a in summary['approaches'])}", "",
+             f"Generated {summary['generated_at']}. Data card sha256 `{summary['data_card_sha256'] or 'n/a'}`.", "",
+             "| approach | model | n | " + " | ".join(METRICS) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
+    for name, info in summary["approaches"].items():
+        if info["status"] == "missing":
+            lines.append(f"| {LABELS.get(name, name)} | missing: not evaluated | – | " + " | ".join("–" for _ in METRICS)
+                         + " |")
+            continue
+        cells = [f"{fmt(m['mean'])} [{fmt(m['ci95_low'])}, {fmt(m['ci95_high'])}]"
+                 for m in (info["metrics"][k] for k in METRICS)]
+        lines.append(f"| {LABELS.get(name, name)} | `{info['model']}` | {info['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean [95% Wilson confidence interval] over test dialogues. parse_failure_rate: lower is "
+              "better; every other metric: higher is better.", ""]
+    if summary["paired_tests"]:
+        lines += ["## Paired differences (exact McNemar test, same test items)", "",
+                  "| A | B | metric | n | B − A | only A right | only B right | p |", "| --- | --- | --- | --- | --- | --- |"
+                  " --- | --- |"]
+        for t in summary["paired_tests"]:
+            lines.append(f"| {LABELS.get(t['a'], t['a'])} | {LABELS.get(t['b'], t['b'])} | {t['metric']} | "
+                         f"{t['n_paired']} | {t['difference_b_minus_a']:+.3f} | {t['a_only']} | {t['b_only']} | "
+                         f"{t['p_value']:.3g} |")
+        lines.append("")
+    for approach in approaches:
+        rows = confusions(approach, top=5)
+        if rows:
+            lines += [f"Most frequent errors of {approach.label}: "
+                      + "; ".join(f"{g} → {p} ({n})" for g, p, n in rows), ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_dir: Path) -> str:
+    """One MLflow run per evaluated approach (params, metrics, report + plots as artifacts)."""
+    import mlflow
+
+    from icd10_coder.tracking import tracking_uri, use_experiment
+
+    mlflow.set_tracking_uri(tracking_uri())
+    use_experiment(EXPERIMENT)
+    for approach in approaches:
+        info = summary["approaches"][approach.name]
+        with mlflow.start_run(run_name=f"eval-{approach.name}"):
+            mlflow.set_tags({"stage": "evaluation", "approach": approach.name, "task": TASK})
+            mlflow.log_params({"model": info["model"][:500], "n": info["n"],
+                               "data_card_sha256": summary["data_card_sha256"] or "n/a"})
+            for metric, values in info["metrics"].items():
+                if values["mean"] is not None:
+                    mlflow.log_metric(metric, values["mean"])
+                    if not math.isnan(values["ci95_low"]):
+                        mlflow.log_metric(f"{metric}_ci95_low", values["ci95_low"])
+                        mlflow.log_metric(f"{metric}_ci95_high", values["ci95_high"])
+            mlflow.log_artifacts(str(report_dir), artifact_path="report")
+    return tracking_uri()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "eval",
+              show_default=True, help="Folder with one lm-eval output folder per approach.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "report",
+              show_default=True, help="Where report.md, summary.json and the plots go.")
+@click.option("--data-card", type=click.Path(dir_okay=False, path_type=Path), default=PREPARED / "data_card.json",
+              show_default=True)
+@click.option("--mlflow/--no-mlflow", "use_mlflow", default=True, show_default=True,
+              help="Log the evaluation runs and the report to MLflow.")
+def main(eval_dir: Path, out: Path, data_card: Path, use_mlflow: bool) -> None:
+    """Build the comparison report from lm-eval results."""
+    apply_offline_env()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folders = {p.name: p for p in sorted(eval_dir.iterdir()) if p.is_dir()} if eval_dir.is_dir() else {}
+    names = list(APPROACHES) + sorted(set(folders) - set(APPROACHES))
+    loaded = {name: load_approach(folders[name]) if name in folders else None for name in names}
+    approaches = [a for a in loaded.values() if a is not None]
+    if not approaches:
+        raise click.ClickException(f"no lm-eval results under {eval_dir}: run `make eval` first")
+
+    summaries = {a.name: metric_summary(a) for a in approaches}
+    summary: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": TASK,
+        "data_card_sha256": hashlib.sha256(data_card.read_bytes()).hexdigest() if data_card.is_file() else None,
+        "approaches": {},
+        "paired_tests": paired_tests(approaches),
+    }
+    for name in names:
+        approach = loaded[name]
+        if approach is None:
+            if name in APPROACHES:
+                summary["approaches"][name] = {"status": "missing"}
+            continue
+        summary["approaches"][name] = {
+            "status": "present", "label": approach.label, "model": approach.model,
+            "n": len(approach.samples) or int(approach.results.get("n-samples", {}).get(TASK, {}).get("effective", 0)),
+            "metrics": summaries[name],
+        }
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = ["metrics_by_approach.png"]
+    plot_metrics(approaches, summaries, out / plots[0])
+    with_samples = [a for a in approaches if a.samples]
+    if with_samples:
+        plot_chapters(with_samples, out / "accuracy_by_chapter.png")
+        plot_confusions(with_samples, out / "confusions.png")
+        plots += ["accuracy_by_chapter.png", "confusions.png"]
+    (out / "summary.json").write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
+    (out / "report.md").write_text(markdown(summary, approaches, plots))
+    click.echo((out / "report.md").read_text())
+    if use_mlflow:
+        uri = log_to_mlflow(summary, approaches, out)
+        click.echo(f"Logged {len(approaches)} evaluation run(s) to MLflow at {uri}")
+    try:
+        click.echo(f"Report: {out.resolve().relative_to(REPO_ROOT)}/report.md")
+    except ValueError:
+        click.echo(f"Report: {out}/report.md")
+
+
+if __name__ == "__main__":
+    main()
