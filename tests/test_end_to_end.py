@@ -134,3 +134,29 @@ def test_files_with_dialogue_text_are_private(demo_run):
     assert len(sensitive) >= 6
     for path in sensitive:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_adapter_merges_into_a_full_model_on_cpu(demo_run, tmp_path, embedded_model):
+    """`axolotl merge-lora` on the demo adapter: the merged model gives the same logits as base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = OUTPUTS / "adapters" / "demo-cpu"
+    result = subprocess.run(
+        [sys.executable, "-m", "axolotl.cli.merge_lora", "recipes/demo-cpu.yml", f"--lora_model_dir={adapter}",
+         f"--output_dir={tmp_path}"], cwd=REPO, env=subprocess_env(hub_offline=True), capture_output=True, text=True,
+        timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    merged_dir = tmp_path / "merged"
+    assert (merged_dir / "config.json").is_file() and not (merged_dir / "adapter_config.json").exists()
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    inputs = tokenizer("Doctor: What brings you in?\nPatient: my left knee hurts", return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    with torch.no_grad():
+        plain = base(**inputs).logits
+        with_adapter = PeftModel.from_pretrained(base, adapter).eval()(**inputs).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()(**inputs).logits
+    assert not torch.allclose(plain, with_adapter, atol=1e-3)  # the adapter does something
+    assert torch.allclose(merged, with_adapter, atol=2e-2), (merged - with_adapter).abs().max()

@@ -8,6 +8,7 @@ string in the order of ``METRICS``: exact, category, block, chapter, top-3, vali
 from __future__ import annotations
 
 import pytest
+
 from icd10_coder.codes import description, normalize_code, validity
 from icd10_coder.parsing import extract_codes
 from icd10_coder.prompts import render_answer

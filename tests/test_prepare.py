@@ -7,9 +7,10 @@ import json
 import stat
 from pathlib import Path
 
-import prepare
 import pytest
 from click.testing import CliRunner
+
+import prepare
 from icd10_coder.prompts import render_system, render_user
 
 FENCE = "`" * 3

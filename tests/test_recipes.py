@@ -80,7 +80,8 @@ def test_gpu_recipe_validation_would_catch_a_bad_key():
 
     broken = recipe("qlora.yml") | {"adapter": "qlora", "load_in_4bit": False, "load_in_8bit": False}
     with pytest.raises(ValueError):
-        validate_config(DictDefault(broken), capabilities=GPU_CAPABILITIES, env_capabilities={"torch_version": "2.13.0"})
+        validate_config(DictDefault(broken), capabilities=GPU_CAPABILITIES,
+                        env_capabilities={"torch_version": "2.13.0"})
 
 
 def test_cpu_recipe_passes_axolotl_load_cfg(embedded_model, monkeypatch):

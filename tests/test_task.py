@@ -131,7 +131,8 @@ def test_real_lm_eval_cli(tmp_path, demo_data, embedded_model):
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={embedded_model},dtype=float32",
          "--include_path", "tasks", "--tasks", "icd10_medsynth", "--apply_chat_template", "--limit", "2",
-         "--log_samples", "--output_path", str(tmp_path / "out"), "--metadata", json.dumps({"data_dir": str(demo_data)})],
+         "--log_samples", "--output_path", str(tmp_path / "out"),
+         "--metadata", json.dumps({"data_dir": str(demo_data)})],
         cwd=REPO, env=subprocess_env(hub_offline=True), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())

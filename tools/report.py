@@ -125,7 +125,8 @@ def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
     tests = []
     for a, b in combinations([x for x in approaches if x.samples], 2):
         for metric in METRICS:
-            tests.append({"a": a.name, "b": b.name, "metric": metric, **mcnemar(a.per_item(metric), b.per_item(metric))})
+            result = mcnemar(a.per_item(metric), b.per_item(metric))
+            tests.append({"a": a.name, "b": b.name, "metric": metric, **result})
     return tests
 
 
@@ -242,8 +243,8 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
              "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
     for name, info in summary["approaches"].items():
         if info["status"] == "missing":
-            lines.append(f"| {LABELS.get(name, name)} | missing: not evaluated | – | " + " | ".join("–" for _ in METRICS)
-                         + " |")
+            dashes = " | ".join("–" for _ in METRICS)
+            lines.append(f"| {LABELS.get(name, name)} | missing: not evaluated | – | {dashes} |")
             continue
         cells = [f"{fmt(m['mean'])} [{fmt(m['ci95_low'])}, {fmt(m['ci95_high'])}]"
                  for m in (info["metrics"][k] for k in METRICS)]
@@ -252,8 +253,8 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
               "better; every other metric: higher is better.", ""]
     if summary["paired_tests"]:
         lines += ["## Paired differences (exact McNemar test, same test items)", "",
-                  "| A | B | metric | n | B − A | only A right | only B right | p |", "| --- | --- | --- | --- | --- | --- |"
-                  " --- | --- |"]
+                  "| A | B | metric | n | B − A | only A right | only B right | p |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in summary["paired_tests"]:
             lines.append(f"| {LABELS.get(t['a'], t['a'])} | {LABELS.get(t['b'], t['b'])} | {t['metric']} | "
                          f"{t['n_paired']} | {t['difference_b_minus_a']:+.3f} | {t['a_only']} | {t['b_only']} | "

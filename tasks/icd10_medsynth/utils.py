@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import datasets
+
 from icd10_coder.parsing import extract_codes
 from icd10_coder.paths import PREPARED
 from icd10_coder.scoring import score_codes

@@ -37,7 +37,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ("URL", re.compile(r"\b(?:https?://|www\.)[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?]", re.I)),
     ("ID", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),  # SSN shape
     ("ID", re.compile(
-        r"(?P<keep>(?i:\b(?:MRN|medical record(?: number)?|record (?:number|no\.?)|chart (?:number|no\.?)|account(?: number)?|"
+        r"(?P<keep>(?i:\b(?:MRN|medical record(?: number)?|record (?:number|no\.?)|chart (?:number|no\.?)|"
+        r"account(?: number)?|"
         r"member ID|insurance ID|policy(?: number)?|patient ID|ID(?: number)?|license(?: number)?|"
         r"social security(?: number)?|SSN)\b)[\s:#]*(?:is\s+|of\s+)?)(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{3,}\b")),
     ("PHONE", re.compile(r"(?<!\w)(?:\+?1[\s.-]?)?\(?\b\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}\b")),

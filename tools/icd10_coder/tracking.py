@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from icd10_coder.offline import telemetry_defaults
 from icd10_coder.paths import OUTPUTS, REPO_ROOT
@@ -22,14 +23,21 @@ def tracking_uri() -> str:
     return uri
 
 
+def artifact_root() -> Path:
+    """Artifacts live beside a SQLite store (outputs/mlflow-artifacts by default)."""
+    uri = tracking_uri()
+    return Path(uri[len(SQLITE):]).parent / "mlflow-artifacts" if uri.startswith(SQLITE) else OUTPUTS / "mlflow-artifacts"
+
+
 def use_experiment(name: str) -> str:
-    """Select (creating if needed) the experiment; new ones keep artifacts under outputs/."""
+    """Select (creating if needed) the experiment; new ones keep artifacts beside the store."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        OUTPUTS.mkdir(parents=True, exist_ok=True)
-        experiment_id = mlflow.create_experiment(name, artifact_location=(OUTPUTS / "mlflow-artifacts").as_uri())
+        root = artifact_root()
+        root.mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(name, artifact_location=root.as_uri())
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

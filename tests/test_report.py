@@ -1,0 +1,98 @@
+"""tools/report.py on hand-made lm-eval outputs: intervals, paired tests, missing approaches, MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import report
+from icd10_coder.scoring import METRICS, score_codes
+
+GOLD = ["M25.562", "E11.9", "I10", "J06.9", "N39.0", "K21.9", "F41.1", "M54.50", "E11.9", "I10"]
+
+
+def write_run(folder: Path, model_args: dict, predictions: list[list[str]]) -> None:
+    """An lm-eval output folder as `lm_eval --log_samples` writes it."""
+    run = folder / "model__name"
+    run.mkdir(parents=True)
+    samples = []
+    for i, (gold, codes) in enumerate(zip(GOLD, predictions, strict=True)):
+        scores = score_codes(gold, codes)
+        samples.append({"doc_id": i, "doc": {"id": f"row-{i}", "gold_code": gold, "chapter": gold[0]},
+                        "target": gold, "resps": [[" / ".join(codes)]], "filtered_resps": [", ".join(codes)],
+                        **scores})
+    means = {m: sum(s[m] for s in samples) / len(samples) for m in METRICS}
+    results = {"results": {"icd10_medsynth": {f"{m},parsed_codes": v for m, v in means.items()}},
+               "config": {"model_args": model_args}, "n-samples": {"icd10_medsynth": {"effective": len(samples)}}}
+    (run / "results_2026-01-01T00-00-00.json").write_text(json.dumps(results))
+    (run / "samples_icd10_medsynth_2026-01-01T00-00-00.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
+
+
+@pytest.fixture
+def eval_dir(tmp_path) -> Path:
+    base = tmp_path / "eval"
+    wrong = [["Z00.00"]] * len(GOLD)
+    right = [[g] for g in GOLD]
+    write_run(base / "baseline-slm", {"pretrained": "base"}, wrong)
+    write_run(base / "finetuned-slm", {"pretrained": "base", "peft": "adapter"}, right[:8] + wrong[:2])
+    return base
+
+
+def run_report(tmp_path: Path, eval_dir: Path, *extra: str):
+    return CliRunner().invoke(report.main, ["--eval-dir", str(eval_dir), "--out", str(tmp_path / "report"),
+                                            "--data-card", str(tmp_path / "none.json"), *extra])
+
+
+def test_report_tables_intervals_and_missing_approach(tmp_path, eval_dir):
+    result = run_report(tmp_path, eval_dir, "--no-mlflow")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["approaches"]["baseline-llm"] == {"status": "missing"}  # never reported as zero
+    finetuned = summary["approaches"]["finetuned-slm"]
+    assert finetuned["model"] == "base + adapter" and finetuned["n"] == 10
+    exact = finetuned["metrics"]["exact_match"]
+    assert exact["mean"] == 0.8
+    low, high = report.wilson(8, 10)
+    assert (exact["ci95_low"], exact["ci95_high"]) == pytest.approx((low, high))
+    assert 0.49 < low < 0.5 and 0.94 < high < 0.95  # the textbook Wilson interval for 8/10
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "missing: not evaluated" in md and "Finetuned SLM" in md
+    for png in ("metrics_by_approach.png", "accuracy_by_chapter.png", "confusions.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_test_is_an_exact_mcnemar(tmp_path, eval_dir):
+    run_report(tmp_path, eval_dir, "--no-mlflow")
+    tests = json.loads((tmp_path / "report" / "summary.json").read_text())["paired_tests"]
+    exact = next(t for t in tests if t["metric"] == "exact_match")
+    # 8 items only the finetuned model gets right, none the other way: p = 2 * 0.5**8
+    assert (exact["a_only"], exact["b_only"], exact["n_paired"]) == (0, 8, 10)
+    assert exact["p_value"] == pytest.approx(2 * 0.5**8)
+    assert exact["difference_b_minus_a"] == pytest.approx(0.8)
+    assert report.mcnemar({"a": 1}, {"a": 1})["p_value"] == 1.0
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    result = run_report(tmp_path, tmp_path / "empty", "--no-mlflow")
+    assert result.exit_code != 0 and "make eval" in result.output
+
+
+def test_runs_are_logged_to_a_local_mlflow_store(tmp_path, eval_dir, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = run_report(tmp_path, eval_dir)
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("icd10-medsynth")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"eval-baseline-slm", "eval-finetuned-slm"}
+    assert runs["eval-finetuned-slm"].data.metrics["exact_match"] == 0.8
+    assert not math.isnan(runs["eval-finetuned-slm"].data.metrics["exact_match_ci95_low"])
+    artifacts = {a.path for a in client.list_artifacts(runs["eval-finetuned-slm"].info.run_id, "report")}
+    assert "report/summary.json" in artifacts

@@ -1,0 +1,358 @@
+"""Benchmarks of what users pay for (``make bench``) -> outputs/bench/bench.json + bench.md.
+
+1. prepare: rows/s and peak memory on 10,000 synthetic rows of MedSynth's length distribution;
+2. token efficiency: non-padding share of random, length-grouped and packed batches on real
+   token lengths (the MedSynth sample when present, and the prepared data);
+3. training: tokens/s and peak memory of N steps of the CPU recipe, LoRA vs QLoRA, same run;
+4. evaluation: samples/s of icd10_medsynth with the hf backend, batch size 1 vs 8; scoring cost;
+5. predict: valid-code rate and dialogues/s with and without constrained decoding.
+
+A script, not a test: figures depend on the machine, and every figure says which machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.offline import apply_offline_env, subprocess_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS, PREPARED, REPO_ROOT  # noqa: E402
+
+TOOLS = REPO_ROOT / "tools"
+MEDSYNTH_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "medsynth_sample.jsonl"
+SEQUENCE_LENS = (2048, 4096, 8192)
+TARGET_SHARE = 0.95
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def hardware() -> dict[str, Any]:
+    import psutil
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu": cpu, "cores": psutil.cpu_count(logical=True), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {p: version(p) for p in ("torch", "transformers", "peft", "axolotl", "lm_eval", "bitsandbytes",
+                                             "datasets")},
+        "python": platform.python_version(),
+    }
+
+
+def run_measured(command: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GiB, process tree) and output of a command."""
+    import psutil
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=subprocess_env(hub_offline=True), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    peak = 0
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    output, _ = process.communicate()
+    watcher.join()
+    if process.returncode != 0:
+        raise click.ClickException(f"{' '.join(command[:4])} failed:\n{output[-3000:]}")
+    return time.perf_counter() - started, peak / 2**30, output
+
+
+# ---------------------------------------------------------------- 1. prepare
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """MedSynth-shaped rows; dialogue lengths drawn from the real sample (or its published spread)."""
+    from icd10_coder.codes import billable_codes
+
+    rng = random.Random(seed)
+    if MEDSYNTH_SAMPLE.is_file():
+        lengths = [len(json.loads(line)["Dialogue"]) for line in MEDSYNTH_SAMPLE.read_text().splitlines()]
+    else:
+        lengths = [int(rng.triangular(2695, 6396, 4494)) for _ in range(200)]
+    codes = rng.sample(billable_codes(), n // 5 + 1)
+    words = ("pain fever cough since week left right knee chest breath tired sleep medication dose morning night "
+             "worse better days swelling nausea history blood pressure sugar test results follow up").split()
+    rows = []
+    for i in range(n):
+        target = rng.choice(lengths)
+        turns, size = [], 0
+        while size < target:
+            speaker = "[doctor]:" if len(turns) % 2 == 0 else "[patient]:"
+            turn = f"{speaker} " + " ".join(rng.choice(words) for _ in range(rng.randint(8, 30))).capitalize() + "."
+            turns.append(turn)
+            size += len(turn)
+        rows.append({" Note": "", "Dialogue": "".join(turns), "ICD10": codes[i // 5].replace(".", ""),
+                     "ICD10_desc": ""})
+    return rows
+
+
+def bench_prepare(rows: int, work: Path) -> dict[str, Any]:
+    source = work / "synthetic.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[" Note", "Dialogue", "ICD10", "ICD10_desc"])
+        writer.writeheader()
+        writer.writerows(synthetic_rows(rows))
+    seconds, peak, _ = run_measured([sys.executable, str(TOOLS / "prepare.py"), "--source", str(source), "--out",
+                                     str(work / "prepared-10k"), "--tokenizer", str(EMBEDDED_MODEL)], REPO_ROOT)
+    return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1),
+            "peak_rss_gib": round(peak, 2), "settings": "tools/prepare.py defaults, token lengths with the embedded "
+                                                          "tokenizer, dialogues of the MedSynth sample's lengths"}
+
+
+# ---------------------------------------------------------------- 2. token efficiency
+
+
+def random_batches(lengths: list[int], batch: int, seed: int = 0) -> float:
+    order = lengths[:]
+    random.Random(seed).shuffle(order)
+    return _padded_share([order[i:i + batch] for i in range(0, len(order), batch)])
+
+
+def length_grouped_batches(lengths: list[int], batch: int, seed: int = 0, mega: int = 50) -> float:
+    """Like transformers' LengthGroupedSampler: shuffled megabatches of 50 x batch, each sorted by length."""
+    order = lengths[:]
+    random.Random(seed).shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch * mega):
+        chunk = sorted(order[start:start + batch * mega], reverse=True)
+        batches += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+    return _padded_share(batches)
+
+
+def _padded_share(batches: list[list[int]]) -> float:
+    return sum(sum(b) for b in batches) / sum(len(b) * max(b) for b in batches)
+
+
+def packed(lengths: list[int], sequence_len: int) -> float:
+    """First-fit-decreasing packing into bins of sequence_len (what multipack approximates)."""
+    bins: list[int] = []
+    for length in sorted((min(x, sequence_len) for x in lengths), reverse=True):
+        for i, used in enumerate(bins):
+            if used + length <= sequence_len:
+                bins[i] += length
+                break
+        else:
+            bins.append(length)
+    return sum(min(x, sequence_len) for x in lengths) / (len(bins) * sequence_len)
+
+
+def token_lengths_of(train_jsonl: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL)
+    rows = [json.loads(line)["messages"] for line in train_jsonl.read_text().splitlines()]
+    return [len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"]) for m in rows]
+
+
+def bench_tokens(work: Path, batch: int) -> dict[str, Any]:
+    import yaml
+
+    recipe = yaml.safe_load((REPO_ROOT / "recipes" / "qlora.yml").read_text())
+    sources = {}
+    if MEDSYNTH_SAMPLE.is_file():
+        subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--source", str(MEDSYNTH_SAMPLE), "--out",
+                        str(work / "sample"), "--tokenizer", "none", "--val-fraction", "0", "--test-fraction", "0"],
+                       check=True, capture_output=True, env=subprocess_env(hub_offline=True))
+        sources["medsynth_sample (121 real rows)"] = token_lengths_of(work / "sample" / "train.jsonl")
+    if (PREPARED / "train.jsonl").is_file():
+        sources["data/prepared/train.jsonl"] = token_lengths_of(PREPARED / "train.jsonl")
+    results = {}
+    for name, lengths in sources.items():
+        shares = {"random": random_batches(lengths, batch), "length_grouped": length_grouped_batches(lengths, batch)}
+        shares |= {f"packing_{s}": packed(lengths, s) for s in SEQUENCE_LENS}
+        chosen = f"packing_{recipe['sequence_len']}" if recipe.get("sample_packing") else \
+            "length_grouped" if recipe.get("group_by_length") else "random"
+        results[name] = {"rows": len(lengths), "tokens_p50": sorted(lengths)[len(lengths) // 2],
+                         "tokens_max": max(lengths), "non_padding_share": {k: round(v, 4) for k, v in shares.items()},
+                         "recipe_choice": chosen, "recipe_share": round(shares[chosen], 4),
+                         "meets_target": shares[chosen] >= TARGET_SHARE}
+    return {"micro_batch_size": batch, "target": TARGET_SHARE, "sources": results}
+
+
+# ---------------------------------------------------------------- 3. training
+
+
+def bench_training(work: Path, steps: int) -> dict[str, Any]:
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
+                    str(work / "train-run" / "data" / "prepared")], check=True, capture_output=True,
+                   env=subprocess_env(hub_offline=True))
+    results = {}
+    for name, extra in (("lora_fp32", []), ("qlora_4bit", ["--adapter=qlora", "--load_in_4bit=True"])):
+        command = [str(Path(sys.executable).parent / "accelerate"), "launch", "-m", "axolotl.cli.train",
+                   str(REPO_ROOT / "recipes" / "demo-cpu.yml"), f"--base_model={EMBEDDED_MODEL}",
+                   f"--max_steps={steps}", f"--output_dir={work / name}", f"--dataset_prepared_path={work / 'cache'}",
+                   "--use_mlflow=False", "--eval_strategy=no", "--save_strategy=no", *extra]
+        seconds, peak, output = run_measured(command, work / "train-run")
+        runtime = float(re.findall(r"'train_runtime': '?([0-9.]+)", output)[-1])
+        tokens = int(re.findall(r"'tokens/total': '?([0-9]+)", output)[-1])
+        results[name] = {"steps": steps, "tokens": tokens, "train_runtime_s": runtime,
+                         "tokens_per_s": round(tokens / runtime, 1), "peak_rss_gib": round(peak, 2),
+                         "wall_s_with_loading": round(seconds, 1)}
+    results["qlora_over_lora_speed"] = round(results["qlora_4bit"]["tokens_per_s"] /
+                                             results["lora_fp32"]["tokens_per_s"], 3)
+    results["settings"] = "recipes/demo-cpu.yml on demo data, micro_batch_size 2, fp32, sdpa"
+    return results
+
+
+# ---------------------------------------------------------------- 4. evaluation
+
+
+def bench_eval(work: Path, limit: int) -> dict[str, Any]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from icd10_coder.scoring import score_answer
+
+    data = work / "train-run" / "data" / "prepared"
+    results = {}
+    for batch_size in (1, 8):
+        started = time.perf_counter()
+        lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={EMBEDDED_MODEL},dtype=float32",
+                                tasks=["icd10_medsynth"], apply_chat_template=True, limit=limit,
+                                batch_size=batch_size, task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks")),
+                                metadata={"data_dir": str(data)})
+        seconds = time.perf_counter() - started
+        results[f"batch_{batch_size}"] = {"samples": limit, "seconds": round(seconds, 1),
+                                          "samples_per_s": round(limit / seconds, 3)}
+    speedup = results["batch_8"]["samples_per_s"] / results["batch_1"]["samples_per_s"]
+    results["batch_8_over_batch_1"] = round(speedup, 2)
+    answers = ["M25.562 - Pain in left knee", "**ICD-10:** m25562", "I don't know", "E11.65\nE11.9\nE11.8"] * 2500
+    started = time.perf_counter()
+    for answer in answers:
+        score_answer("M25.562", answer)
+    results["scoring_us_per_sample"] = round((time.perf_counter() - started) / len(answers) * 1e6, 1)
+    results["settings"] = "embedded SmolLM2-135M, fp32, greedy, max_gen_toks 96, demo test split, load time included"
+    return results
+
+
+# ---------------------------------------------------------------- 5. predict
+
+
+def bench_predict(work: Path) -> dict[str, Any]:
+    from predict import DEFAULT_ADAPTER, Predictor
+
+    adapter = DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
+    rows = [json.loads(line) for line in (work / "train-run" / "data" / "prepared" / "test.jsonl").read_text()
+            .splitlines()]
+    results: dict[str, Any] = {"adapter": str(adapter) if adapter else None, "dialogues": len(rows)}
+    for constrain in (False, True):
+        predictor = Predictor(EMBEDDED_MODEL, adapter, constrain)
+        started = time.perf_counter()
+        answers = [predictor.predict(r["dialogue"], top_k=1) for r in rows]
+        seconds = time.perf_counter() - started
+        top = [a["codes"][0] if a["codes"] else None for a in answers]
+        results["constrained" if constrain else "unconstrained"] = {
+            "valid_code_rate": round(sum(1 for c in top if c and c["billable"]) / len(rows), 3),
+            "exact_match": round(sum(1 for c, r in zip(top, rows, strict=True) if c and c["code"] == r["gold_code"])
+                                 / len(rows), 3),
+            "dialogues_per_s": round(len(rows) / seconds, 3)}
+    return results
+
+
+# ---------------------------------------------------------------- output
+
+
+def markdown(bench: dict[str, Any]) -> str:
+    hw = bench["hardware"]
+    lines = [f"# Benchmarks ({bench['generated_at']})", "",
+             f"{hw['cpu']}, {hw['cores']} cores, {hw['ram_gib']} GiB, GPU: {hw['gpu'] or 'none'}; "
+             + ", ".join(f"{k} {v}" for k, v in hw["versions"].items()), ""]
+    if "prepare" in bench:
+        p = bench["prepare"]
+        lines += [f"- prepare: {p['rows']} rows in {p['seconds']} s = **{p['rows_per_s']} rows/s**, "
+                  f"peak {p['peak_rss_gib']} GiB", ""]
+    if "tokens" in bench:
+        packing_columns = " | ".join(f"packing {s}" for s in SEQUENCE_LENS)
+        lines += [f"| token lengths from | random | length-grouped | {packing_columns} | recipe |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in SEQUENCE_LENS) + " | --- |"]
+        for name, r in bench["tokens"]["sources"].items():
+            s = r["non_padding_share"]
+            lines.append(f"| {name} | {s['random']:.3f} | {s['length_grouped']:.3f} | "
+                         + " | ".join(f"{s[f'packing_{n}']:.3f}" for n in SEQUENCE_LENS)
+                         + f" | {r['recipe_choice']} {r['recipe_share']:.3f} {'✓' if r['meets_target'] else '✗'} |")
+        lines.append("")
+    if "training" in bench:
+        t = bench["training"]
+        lines += [f"- training ({t['settings']}): LoRA fp32 **{t['lora_fp32']['tokens_per_s']} tokens/s** "
+                  f"(peak {t['lora_fp32']['peak_rss_gib']} GiB), QLoRA 4-bit **{t['qlora_4bit']['tokens_per_s']} "
+                  f"tokens/s** (peak {t['qlora_4bit']['peak_rss_gib']} GiB); QLoRA/LoRA {t['qlora_over_lora_speed']}"]
+    if "evaluation" in bench:
+        e = bench["evaluation"]
+        lines += [f"- evaluation: batch 1 {e['batch_1']['samples_per_s']} samples/s, batch 8 "
+                  f"{e['batch_8']['samples_per_s']} samples/s (x{e['batch_8_over_batch_1']}); scoring "
+                  f"{e['scoring_us_per_sample']} µs/sample"]
+    if "predict" in bench:
+        p = bench["predict"]
+        lines += [f"- predict ({p['dialogues']} demo test dialogues, adapter {p['adapter']}): valid-code rate "
+                  f"{p['unconstrained']['valid_code_rate']} unconstrained vs {p['constrained']['valid_code_rate']} "
+                  f"constrained; exact {p['unconstrained']['exact_match']} vs {p['constrained']['exact_match']}; "
+                  f"{p['unconstrained']['dialogues_per_s']} vs {p['constrained']['dialogues_per_s']} dialogues/s"]
+    return "\n".join(lines) + "\n"
+
+
+STAGES = ("prepare", "tokens", "training", "evaluation", "predict")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--rows", type=int, default=10_000, show_default=True, help="Synthetic rows for the prepare benchmark.")
+@click.option("--train-steps", type=int, default=6, show_default=True, help="Optimiser steps per training run.")
+@click.option("--eval-limit", type=int, default=8, show_default=True, help="Test dialogues per evaluation run.")
+@click.option("--only", multiple=True, type=click.Choice(STAGES), help="Run only these stages (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "bench", show_default=True)
+def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], out: Path) -> None:
+    """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
+    apply_offline_env(hub_offline=True)
+    stages = only or STAGES
+    bench: dict[str, Any] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware()}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        runners = {"prepare": lambda: bench_prepare(rows, work), "tokens": lambda: bench_tokens(work, 4),
+                   "training": lambda: bench_training(work, train_steps),
+                   "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work)}
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if stage in ("evaluation", "predict") and "training" not in stages:
+                subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
+                                str(work / "train-run" / "data" / "prepared")], check=True, capture_output=True,
+                               env=subprocess_env(hub_offline=True))
+            click.echo(f"[bench] {stage} ...", err=True)
+            started = time.perf_counter()
+            bench[stage] = runners[stage]()
+            click.echo(f"[bench] {stage} done in {time.perf_counter() - started:.0f} s", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(bench))
+    click.echo(markdown(bench))
+
+
+if __name__ == "__main__":
+    main()
