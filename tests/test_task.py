@@ -117,7 +117,8 @@ def test_python_api_with_the_embedded_model(demo_data, embedded_model):
 
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={embedded_model},dtype=float32", tasks=["icd10_medsynth"],
-        apply_chat_template=True, limit=2, task_manager=task_manager(), metadata={"data_dir": str(demo_data)},
+        apply_chat_template=True, limit=2, device="cpu", task_manager=task_manager(),
+        metadata={"data_dir": str(demo_data)},
         log_samples=True)
     scores = results["results"]["icd10_medsynth"]
     for metric in METRICS:

@@ -227,6 +227,7 @@ def bench_training(work: Path, steps: int) -> dict[str, Any]:
 
 def bench_eval(work: Path, limit: int) -> dict[str, Any]:
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     from icd10_coder.scoring import score_answer
@@ -237,7 +238,8 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
         started = time.perf_counter()
         lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={EMBEDDED_MODEL},dtype=float32",
                                 tasks=["icd10_medsynth"], apply_chat_template=True, limit=limit,
-                                batch_size=batch_size, task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks")),
+                                batch_size=batch_size, device="cuda" if torch.cuda.is_available() else "cpu",
+                                task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks")),
                                 metadata={"data_dir": str(data)})
         seconds = time.perf_counter() - started
         results[f"batch_{batch_size}"] = {"samples": limit, "seconds": round(seconds, 1),

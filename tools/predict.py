@@ -31,7 +31,7 @@ MAX_NEW_TOKENS = 48
 class Predictor:
     """Base model (+ optional LoRA adapter) with the project's prompt and parser."""
 
-    def __init__(self, base_model: Path, adapter: Path | None, constrain: bool):
+    def __init__(self, base_model: Path | str, adapter: Path | None, constrain: bool):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,13 +125,13 @@ def human(result: dict[str, Any]) -> str:
 @click.option("--adapter", default=None, metavar="DIR|none",
               help=f"LoRA adapter folder. Default: {DEFAULT_ADAPTER.relative_to(OUTPUTS.parent)} if it exists; "
                    "'none' for the base model alone.")
-@click.option("--base-model", type=click.Path(file_okay=False, path_type=Path), default=EMBEDDED_MODEL,
-              show_default=True, help="Base model folder (the recipe's base_model).")
+@click.option("--base-model", default=str(EMBEDDED_MODEL), show_default=True,
+              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model).")
 @click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many ranked codes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dialogue instead of text.")
 @click.option("--constrain/--no-constrain", default=True, show_default=True,
               help="Only let the model start its answer with a real billable ICD-10-CM code.")
-def main(source: str, adapter: str | None, base_model: Path, top_k: int, as_json: bool, constrain: bool) -> None:
+def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json: bool, constrain: bool) -> None:
     """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
     apply_offline_env(hub_offline=True)
     dialogues, batch = read_dialogues(source)
@@ -143,8 +143,9 @@ def main(source: str, adapter: str | None, base_model: Path, top_k: int, as_json
         adapter_path = Path(adapter)
         if not (adapter_path / "adapter_config.json").is_file():
             raise click.ClickException(f"adapter {adapter_path}: not found (no adapter_config.json)")
-    if not (base_model / "config.json").is_file():
-        raise click.ClickException(f"base model {base_model}: not found; run `make setup`")
+    looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
+    if looks_local and not (Path(base_model) / "config.json").is_file():
+        raise click.ClickException(f"base model {base_model}: not found (no config.json); run `make setup`")
     predictor = Predictor(base_model, adapter_path, constrain)
     started = time.perf_counter()
     for dialogue in tqdm(dialogues, desc="predict", unit="dialogue", disable=not batch, file=sys.stderr):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import sys
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -170,7 +171,7 @@ def plot_metrics(approaches: list[Approach], summaries: dict[str, dict], path: P
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("share of test dialogues")
     ax.set_title("ICD-10 coding: metrics per approach (95% Wilson CI)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=len(approaches), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -187,14 +188,15 @@ def plot_chapters(approaches: list[Approach], path: Path) -> None:
         table = by_chapter(approach)
         values = [table[c][0] / table[c][1] if c in table else 0 for c in chapters]
         ys = [j + (i - (len(approaches) - 1) / 2) * height for j in range(len(chapters))]
-        ax.barh(ys, values, height, label=approach.label)
-    ax.set_yticks(range(len(chapters)), [f"{c}: {chapter_title(c)[:55]}" if c != "unknown" else c
+        bars = ax.barh(ys, values, height, label=approach.label)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=2)
+    ax.set_yticks(range(len(chapters)), [textwrap.fill(f"{c}: {chapter_title(c)}", 48) if c != "unknown" else c
                                          for c in chapters], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.1)
     ax.set_xlabel("exact match")
     ax.set_title("Exact match per ICD-10-CM chapter")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -202,16 +204,20 @@ def plot_chapters(approaches: list[Approach], path: Path) -> None:
 
 def plot_confusions(approaches: list[Approach], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(approaches), figsize=(5.5 * len(approaches), 4.2), squeeze=False)
     for ax, approach in zip(axes[0], approaches, strict=True):
         rows = confusions(approach)
         ax.barh([f"{g} -> {p}" for g, p, _ in rows], [n for *_, n in rows], color="tab:red")
         ax.invert_yaxis()
-        ax.set_title(f"{approach.label}: most frequent errors", fontsize=10)
+        ax.set_title(f"{approach.label}: most frequent errors\n(gold -> first predicted code)", fontsize=10)
         ax.set_xlabel("test dialogues")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(axis="y", labelsize=8)
         if not rows:
+            ax.set_xticks([])
+            ax.set_yticks([])
             ax.text(0.5, 0.5, "no errors", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -26,7 +26,8 @@ def tracking_uri() -> str:
 def artifact_root() -> Path:
     """Artifacts live beside a SQLite store (outputs/mlflow-artifacts by default)."""
     uri = tracking_uri()
-    return Path(uri[len(SQLITE):]).parent / "mlflow-artifacts" if uri.startswith(SQLITE) else OUTPUTS / "mlflow-artifacts"
+    store_dir = Path(uri[len(SQLITE):]).parent if uri.startswith(SQLITE) else OUTPUTS
+    return store_dir / "mlflow-artifacts"
 
 
 def use_experiment(name: str) -> str:
