@@ -6,6 +6,7 @@ exactly as ``tools/predict.py`` and ``tools/report.py`` do.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def load_prepared(data_dir: str | None = None, **_: object) -> datasets.DatasetD
     path = folder / "test.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make prepare` first (or point data_dir elsewhere)")
-    return datasets.load_dataset("json", data_files={"test": str(path)})
+    # Built in memory: no copy of the dialogues lands in the datasets cache (~/.cache).
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def parse_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
