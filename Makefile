@@ -66,8 +66,8 @@ prepare: setup ## MedSynth -> data/prepared/ (PREPARE_ARGS="--demo" or "--source
 train: setup ## Train RECIPE (default recipes/demo-cpu.yml) with axolotl
 	$(BIN)/accelerate launch -m axolotl.cli.train $(RECIPE)
 
-eval: setup ## Evaluate each of EVAL_CONFIGS with lm-eval (results under outputs/eval/)
-	$(PY) tools/run_eval.py $(EVAL_CONFIGS)
+eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results under outputs/eval/)
+	$(PY) tools/run_eval.py --recipe $(RECIPE) $(EVAL_CONFIGS)
 
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
@@ -77,13 +77,14 @@ demo: setup ## The whole comparison offline on embedded defaults (CPU, ~15 min)
 
 baseline: setup ## Real run, no training: both baselines on MedSynth (GPU + hub)
 	$(MAKE) prepare
-	$(PY) tools/run_eval.py recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml
+	$(PY) tools/run_eval.py --recipe recipes/qlora.yml recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml
 	$(MAKE) report
 
 full: setup ## Real run: prepare -> recipes/qlora.yml -> all three evaluations -> report (GPU + hub)
 	$(MAKE) prepare
 	$(MAKE) train RECIPE=recipes/qlora.yml
-	$(PY) tools/run_eval.py recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
+	$(PY) tools/run_eval.py --recipe recipes/qlora.yml recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml \
+		recipes/eval/finetuned-slm.yml
 	$(MAKE) report
 
 bench: setup ## Benchmarks -> outputs/bench/bench.json

@@ -36,8 +36,17 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text else text
 
 
+def recipe_model_args(recipe: Path) -> dict[str, Any]:
+    """The model a training recipe produced: its base model, its adapter folder, its precision."""
+    if not recipe.is_file():
+        raise click.ClickException(f"{recipe}: no such recipe")
+    cfg = yaml.safe_load(recipe.read_text()) or {}
+    return {"pretrained": cfg["base_model"], "peft": cfg["output_dir"],
+            "dtype": "bfloat16" if cfg.get("bf16") in (True, "auto") else "float32"}
+
+
 def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, data_dir: Path | None,
-                allow_remote: bool) -> dict[str, Any]:
+                allow_remote: bool, recipe: Path | None = None) -> dict[str, Any]:
     """Read, override and check one run config; raise ClickException on anything unsafe."""
     if not path.is_file():
         raise click.ClickException(f"{path}: no such run config")
@@ -45,6 +54,11 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if TASK not in (config.get("tasks") or []):
         raise click.ClickException(f"{path}: expected tasks: [{TASK}]")
     model_args = dict(config.get("model_args") or {})
+    if recipe is not None and config.get("model", "hf") == "hf":
+        from_recipe = recipe_model_args(recipe)
+        if "peft" not in model_args:  # a baseline config: the recipe's base model, no adapter
+            from_recipe.pop("peft")
+        model_args.update(from_recipe)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -112,12 +126,16 @@ def run_one(path: Path, config: dict[str, Any]) -> None:
               help="Override one model_args entry, e.g. base_url=... or peft=... (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared folder to evaluate on (default: data/prepared).")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Training recipe whose base_model (and output_dir as adapter) the hf configs evaluate, "
+                   "e.g. recipes/qlora.yml. Default: the model_args written in each config (the CPU demo).")
 @click.option("--allow-remote-endpoint", is_flag=True,
               help="Allow an API endpoint outside loopback/private networks (dialogues leave your network!).")
 def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, ...], data_dir: Path | None,
-         allow_remote_endpoint: bool) -> None:
+         recipe: Path | None, allow_remote_endpoint: bool) -> None:
     """Evaluate each approach config with lm-eval's icd10_medsynth task; results go to its output_path."""
-    checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint)) for path in configs]
+    checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint, recipe))
+               for path in configs]
     for path, config in checked:
         run_one(path, config)
 
