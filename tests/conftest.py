@@ -13,7 +13,12 @@ TOOLS = REPO / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
+from icd10_coder.offline import apply_offline_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
+
+# Tests run with the project's privacy defaults even when pytest is called directly (not
+# through `make test`): libraries imported in-process (axolotl, MLflow) read them at import.
+apply_offline_env(hub_offline=True)
 
 MEDSYNTH_SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.jsonl"
 FIXTURES = REPO / "tests" / "fixtures"

@@ -239,3 +239,17 @@ def test_real_medsynth_sample(tmp_path, medsynth_sample):
     for row in splits["test"]:
         assert len(row["gold_code"]) == 3 or row["gold_code"][3] == "."
         assert row["dialogue"].startswith(("Doctor:", "Patient:"))
+
+
+def test_token_lengths_equal_direct_tokenization(embedded_model, medsynth_sample):
+    """The fast count (dialogue + per-code shell) equals tokenizing each whole chat, on real rows."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    rows = [json.loads(line) for line in medsynth_sample.read_text().splitlines()]
+    kept, _ = prepare.clean_rows(prepare.canonical_columns(rows, "sample"), "keep", False)
+    direct = [len(tokenizer.apply_chat_template(prepare.training_record(e)["messages"], tokenize=True,
+                                                return_dict=True)["input_ids"]) for e in kept]
+    dialogue = [len(ids) for ids in tokenizer([e.dialogue for e in kept], add_special_tokens=False)["input_ids"]]
+    fast = [d + shell for d, shell in zip(dialogue, prepare.prompt_shell_tokens(tokenizer, kept), strict=True)]
+    assert fast == direct

@@ -61,6 +61,20 @@ def test_python_tools_hand_the_env_to_subprocesses():
     assert child.stdout.strip() == "disabled"
 
 
+def test_libraries_themselves_report_telemetry_off(monkeypatch):
+    """Ask axolotl and MLflow whether they would send telemetry under the project's environment."""
+    for name, value in subprocess_env(base={}).items():
+        monkeypatch.setenv(name, value)
+    from axolotl.telemetry.manager import TelemetryManager
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    assert TelemetryManager._check_telemetry_enabled(object.__new__(TelemetryManager)) is False
+    assert is_telemetry_disabled() is True
+    monkeypatch.delenv("AXOLOTL_DO_NOT_TRACK")
+    monkeypatch.delenv("DO_NOT_TRACK")
+    assert TelemetryManager._check_telemetry_enabled(object.__new__(TelemetryManager)) is True  # the check is real
+
+
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:8000/v1/chat/completions", "http://localhost:8000/v1", "http://[::1]:8000/v1",
     "http://10.1.2.3/v1", "https://192.168.0.10:443/v1", "http://172.20.0.5:8000/v1", "http://[fd00::5]/v1",

@@ -259,23 +259,28 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
 
 
 def bench_predict(work: Path) -> dict[str, Any]:
+    """Valid-code rate with and without constrained decoding, for the base model and the demo adapter."""
     from predict import DEFAULT_ADAPTER, Predictor
 
-    adapter = DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
     rows = [json.loads(line) for line in (work / "train-run" / "data" / "prepared" / "test.jsonl").read_text()
             .splitlines()]
-    results: dict[str, Any] = {"adapter": str(adapter) if adapter else None, "dialogues": len(rows)}
-    for constrain in (False, True):
-        predictor = Predictor(EMBEDDED_MODEL, adapter, constrain)
-        started = time.perf_counter()
-        answers = [predictor.predict(r["dialogue"], top_k=1) for r in rows]
-        seconds = time.perf_counter() - started
-        top = [a["codes"][0] if a["codes"] else None for a in answers]
-        results["constrained" if constrain else "unconstrained"] = {
-            "valid_code_rate": round(sum(1 for c in top if c and c["billable"]) / len(rows), 3),
-            "exact_match": round(sum(1 for c, r in zip(top, rows, strict=True) if c and c["code"] == r["gold_code"])
-                                 / len(rows), 3),
-            "dialogues_per_s": round(len(rows) / seconds, 3)}
+    models = {"base": None}
+    if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
+        models["finetuned"] = DEFAULT_ADAPTER
+    results: dict[str, Any] = {"dialogues": len(rows), "top_k": 1}
+    for name, adapter in models.items():
+        for constrain in (False, True):
+            predictor = Predictor(EMBEDDED_MODEL, adapter, constrain)
+            started = time.perf_counter()
+            answers = [predictor.predict(r["dialogue"], top_k=1) for r in rows]
+            seconds = time.perf_counter() - started
+            top = [a["codes"][0] if a["codes"] else None for a in answers]
+            results[f"{name}_{'constrained' if constrain else 'unconstrained'}"] = {
+                "adapter": str(adapter) if adapter else None,
+                "valid_code_rate": round(sum(1 for c in top if c and c["billable"]) / len(rows), 3),
+                "exact_match": round(sum(1 for c, r in zip(top, rows, strict=True)
+                                         if c and c["code"] == r["gold_code"]) / len(rows), 3),
+                "dialogues_per_s": round(len(rows) / seconds, 3)}
     return results
 
 
@@ -313,10 +318,13 @@ def markdown(bench: dict[str, Any]) -> str:
                   f"{e['scoring_us_per_sample']} µs/sample"]
     if "predict" in bench:
         p = bench["predict"]
-        lines += [f"- predict ({p['dialogues']} demo test dialogues, adapter {p['adapter']}): valid-code rate "
-                  f"{p['unconstrained']['valid_code_rate']} unconstrained vs {p['constrained']['valid_code_rate']} "
-                  f"constrained; exact {p['unconstrained']['exact_match']} vs {p['constrained']['exact_match']}; "
-                  f"{p['unconstrained']['dialogues_per_s']} vs {p['constrained']['dialogues_per_s']} dialogues/s"]
+        for name in ("base", "finetuned"):
+            if f"{name}_constrained" in p:
+                free, constrained = p[f"{name}_unconstrained"], p[f"{name}_constrained"]
+                lines.append(f"- predict, {name} model ({p['dialogues']} demo test dialogues, top-1): valid-code rate "
+                             f"{free['valid_code_rate']} unconstrained vs **{constrained['valid_code_rate']} "
+                             f"constrained**; exact {free['exact_match']} vs {constrained['exact_match']}; "
+                             f"{free['dialogues_per_s']} vs {constrained['dialogues_per_s']} dialogues/s")
     return "\n".join(lines) + "\n"
 
 
