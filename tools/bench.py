@@ -341,7 +341,10 @@ def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], ou
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)
     stages = only or STAGES
-    bench: dict[str, Any] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware()}
+    previous = out / "bench.json"
+    # --only refreshes some stages and keeps the others' last figures.
+    bench: dict[str, Any] = json.loads(previous.read_text()) if only and previous.is_file() else {}
+    bench |= {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware()}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         runners = {"prepare": lambda: bench_prepare(rows, work), "tokens": lambda: bench_tokens(work, 4),
