@@ -286,8 +286,9 @@ def token_lengths(tokenizer_path: str, splits: dict[str, list[Example]]) -> dict
 def prompt_shell_tokens(tokenizer, examples: list[Example]) -> list[int]:
     """Tokens a training example adds around its dialogue: chat template, prompts and answer.
 
-    The dialogue sits between line breaks in the user message, and byte-level BPE never
-    merges across them, so a whole example has exactly dialogue + shell tokens. The shell
+    The dialogue sits between line breaks in the user message, and a GPT-2-style byte-level
+    BPE (SmolLM2's) never merges across them, so a whole example has exactly dialogue + shell
+    tokens (tested on the real sample); other tokenizers may differ by a token or so. The shell
     depends only on the gold code (its answer line), so it is tokenized once per code
     rather than once per row (the dialogue, ~1,000 tokens, is tokenized once, in a batch).
     """
