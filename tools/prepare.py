@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, PREPARED, REPO_ROOT  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, PREPARED, REPO_ROOT, make_private  # noqa: E402
 
 HUB_DATASET = "Ahmad0067/MedSynth"
 REQUIRED_COLUMNS = ("Dialogue", "ICD10")
@@ -39,8 +39,6 @@ CODE_POLICIES = {
     "drop-unknown": "drop codes that are not in ICD-10-CM, keep parents",
     "billable-only": "keep only billable (leaf) codes",
 }
-# Files in --out are readable by the owner only: they hold dialogue text.
-PRIVATE_FILE_MODE = 0o600
 
 
 class PrepareError(click.ClickException):
@@ -381,7 +379,6 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[str, Any]) -> dict[str, Any]:
     """Write every file into a staging folder, then move them into ``out`` together."""
     out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o700)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
         hashes = {}
@@ -399,9 +396,10 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
         stale = out / SPLIT_FILES["test_unseen"]
         if "test_unseen.jsonl" not in hashes and stale.exists():
             stale.unlink()
+        make_private(staging)  # the files hold dialogue text: owner-only before they appear in out
         for path in staging.iterdir():
-            os.chmod(path, PRIVATE_FILE_MODE)
             os.replace(path, out / path.name)
+        make_private(out)
         return card
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -24,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint  # noqa: E402
 from icd10_coder.offline import subprocess_env  # noqa: E402
-from icd10_coder.paths import REPO_ROOT  # noqa: E402
+from icd10_coder.paths import REPO_ROOT, make_private  # noqa: E402
 
 TASK = "icd10_medsynth"
 SECRET_KEYS = {"api_key", "auth_token", "token"}
@@ -84,18 +84,9 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
         config["limit"] = limit
     if data_dir is not None:
         config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data_dir)}
-    config["include_path"] = str(REPO_ROOT / "tasks") if config.get("include_path") in (None, "tasks") else \
-        config["include_path"]
+    if config.get("include_path") in (None, "tasks"):
+        config["include_path"] = str(REPO_ROOT / "tasks")  # found from any working directory
     return config
-
-
-def private_files(folder: Path) -> None:
-    """Results and sample logs quote dialogues: owner-only, like the prepared data."""
-    if not folder.is_dir():
-        return
-    os.chmod(folder, 0o700)
-    for path in folder.rglob("*"):
-        os.chmod(path, 0o700 if path.is_dir() else 0o600)
 
 
 def run_one(path: Path, config: dict[str, Any]) -> None:
@@ -113,7 +104,7 @@ def run_one(path: Path, config: dict[str, Any]) -> None:
         result = subprocess.run(command, env=subprocess_env(), check=False)
     finally:
         os.unlink(handle.name)
-    private_files(output)
+    make_private(output)  # results and sample logs quote dialogues
     if result.returncode != 0:
         raise click.ClickException(f"[{path.stem}] lm_eval failed with exit code {result.returncode}")
     click.echo(f"[{path.stem}] done in {time.perf_counter() - started:.0f} s -> {output}")
