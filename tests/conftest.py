@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ TOOLS = REPO / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
-from icd10_coder.offline import apply_offline_env  # noqa: E402
+from icd10_coder.offline import apply_offline_env, subprocess_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
 
 # Tests run with the project's privacy defaults even when pytest is called directly (not
@@ -36,3 +37,10 @@ def medsynth_sample() -> Path:
     if not MEDSYNTH_SAMPLE.is_file():
         pytest.skip(f"real MedSynth sample not present at {MEDSYNTH_SAMPLE}")
     return MEDSYNTH_SAMPLE
+
+
+def prepare_demo(out: Path) -> Path:
+    """Run `tools/prepare.py --demo` into ``out`` (no token lengths: fast) and return ``out``."""
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out", str(out)],
+                   check=True, capture_output=True, env=subprocess_env(hub_offline=True))
+    return out

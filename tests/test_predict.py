@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import prepare_demo
 
 from icd10_coder.codes import is_billable
 from icd10_coder.constrained import CodePrefixConstraint
@@ -91,9 +92,8 @@ def test_constraint_allows_only_prefixes_of_billable_codes(embedded_model):
 @pytest.mark.slow
 def test_constrained_mode_never_returns_an_invalid_code_on_the_demo_split(tmp_path, embedded_model):
     """Base model, no adapter: the least disciplined answerer, so the constraint does all the work."""
-    subprocess.run([sys.executable, str(REPO / "tools" / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
-                    str(tmp_path / "prepared")], check=True, capture_output=True, env=subprocess_env(hub_offline=True))
-    rows = [json.loads(line) for line in (tmp_path / "prepared" / "test.jsonl").read_text().splitlines()]
+    prepared = prepare_demo(tmp_path / "prepared")
+    rows = [json.loads(line) for line in (prepared / "test.jsonl").read_text().splitlines()]
     batch = tmp_path / "test.jsonl"
     batch.write_text("\n".join(json.dumps({"dialogue": r["dialogue"]}) for r in rows))
     result = predict(str(batch), "--adapter", "none", "--json", "--top-k", "3", "--constrain")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import prepare_demo
 
 from icd10_coder.offline import subprocess_env
 
@@ -99,8 +100,7 @@ def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model)
     from transformers import AutoTokenizer
 
     env = subprocess_env(hub_offline=True)
-    subprocess.run([sys.executable, str(REPO / "tools" / "prepare.py"), "--demo", "--tokenizer", "none",
-                    "--out", str(tmp_path / "data" / "prepared")], check=True, env=env, capture_output=True)
+    prepare_demo(tmp_path / "data" / "prepared")
     prepared = tmp_path / "cache"
     result = subprocess.run(
         [sys.executable, "-m", "axolotl.cli.preprocess", str(RECIPES / "demo-cpu.yml"),

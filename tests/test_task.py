@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import prepare_demo
 
 import prepare
 from icd10_coder.offline import subprocess_env
@@ -22,10 +23,7 @@ TASKS = str(REPO / "tasks")
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared")
-    subprocess.run([sys.executable, str(REPO / "tools" / "prepare.py"), "--demo", "--tokenizer", "none",
-                    "--out", str(out)], check=True, env=subprocess_env(hub_offline=True), capture_output=True)
-    return out
+    return prepare_demo(tmp_path_factory.mktemp("prepared"))
 
 
 def first_test_row(data: Path) -> dict:

@@ -200,10 +200,17 @@ def bench_tokens(work: Path, batch: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- 3. training
 
 
+def demo_data(work: Path) -> Path:
+    """Demo data under work/train-run/data/prepared (where the recipe looks), prepared once."""
+    prepared = work / "train-run" / "data" / "prepared"
+    if not (prepared / "test.jsonl").is_file():
+        subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
+                        str(prepared)], check=True, capture_output=True, env=subprocess_env(hub_offline=True))
+    return prepared
+
+
 def bench_training(work: Path, steps: int) -> dict[str, Any]:
-    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
-                    str(work / "train-run" / "data" / "prepared")], check=True, capture_output=True,
-                   env=subprocess_env(hub_offline=True))
+    demo_data(work)
     results = {}
     for name, extra in (("lora_fp32", []), ("qlora_4bit", ["--adapter=qlora", "--load_in_4bit=True"])):
         command = [str(Path(sys.executable).parent / "accelerate"), "launch", "-m", "axolotl.cli.train",
@@ -232,7 +239,7 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
 
     from icd10_coder.scoring import score_answer
 
-    data = work / "train-run" / "data" / "prepared"
+    data = demo_data(work)
     results = {}
     for batch_size in (1, 8):
         started = time.perf_counter()
@@ -262,8 +269,7 @@ def bench_predict(work: Path) -> dict[str, Any]:
     """Valid-code rate with and without constrained decoding, for the base model and the demo adapter."""
     from predict import DEFAULT_ADAPTER, Predictor
 
-    rows = [json.loads(line) for line in (work / "train-run" / "data" / "prepared" / "test.jsonl").read_text()
-            .splitlines()]
+    rows = [json.loads(line) for line in (demo_data(work) / "test.jsonl").read_text().splitlines()]
     models = {"base": None}
     if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
         models["finetuned"] = DEFAULT_ADAPTER
@@ -353,10 +359,6 @@ def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], ou
         for stage in STAGES:
             if stage not in stages:
                 continue
-            if stage in ("evaluation", "predict") and "training" not in stages:
-                subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out",
-                                str(work / "train-run" / "data" / "prepared")], check=True, capture_output=True,
-                               env=subprocess_env(hub_offline=True))
             click.echo(f"[bench] {stage} ...", err=True)
             started = time.perf_counter()
             bench[stage] = runners[stage]()

@@ -50,6 +50,11 @@ class Approach:
     def label(self) -> str:
         return LABELS.get(self.name, self.name)
 
+    @property
+    def n(self) -> int:
+        """Test dialogues scored: the sample log's length, else lm-eval's own count."""
+        return len(self.samples) or int(self.results.get("n-samples", {}).get(TASK, {}).get("effective", 0))
+
     def per_item(self, metric: str) -> dict[str, int]:
         """Per-sample 0/1 values keyed by test item id."""
         return {item_key(s): int(s[metric]) for s in self.samples}
@@ -99,7 +104,7 @@ def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
     for metric in METRICS:
         values = list(approach.per_item(metric).values()) if approach.samples else None
         mean = sum(values) / len(values) if values else task_results.get(f"{metric},parsed_codes")
-        n = len(values) if values else int(approach.results.get("n-samples", {}).get(TASK, {}).get("effective", 0))
+        n = approach.n
         low, high = wilson(round(mean * n), n) if mean is not None and n else (math.nan, math.nan)
         summary[metric] = {"mean": mean, "ci95_low": low, "ci95_high": high,
                            "stderr": task_results.get(f"{metric}_stderr,parsed_codes")}
@@ -337,7 +342,7 @@ def main(eval_dir: Path, out: Path, data_card: Path, use_mlflow: bool) -> None:
             continue
         summary["approaches"][name] = {
             "status": "present", "label": approach.label, "model": approach.model,
-            "n": len(approach.samples) or int(approach.results.get("n-samples", {}).get(TASK, {}).get("effective", 0)),
+            "n": approach.n,
             "metrics": summaries[name],
         }
 
