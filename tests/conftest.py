@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,14 +19,17 @@ if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
 from icd10_coder.offline import apply_offline_env, subprocess_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE  # noqa: E402
 
 # Tests run with the project's privacy defaults even when pytest is called directly (not
 # through `make test`): libraries imported in-process (axolotl, MLflow) read them at import.
 apply_offline_env(hub_offline=True)
-
-MEDSYNTH_SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.jsonl"
-FIXTURES = REPO / "tests" / "fixtures"
+# Any Hugging Face datasets cache a test (or a command it starts) writes goes to a private
+# throw-away folder, never ~/.cache; tests never use the real run's workspace either.
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="icd10-test-datasets-")
+atexit.register(shutil.rmtree, _DATASETS_CACHE, True)
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
+os.environ.pop("ICD10_WORKSPACE", None)
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +51,32 @@ def prepare_demo(out: Path) -> Path:
     subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out", str(out)],
                    check=True, capture_output=True, env=subprocess_env(hub_offline=True))
     return out
+
+
+def network_namespace_available() -> tuple[bool, str]:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False, "unshare/ip not installed"
+    if os.geteuid() != 0:
+        return False, "needs root for a network namespace"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return False, f"unshare -n refused: {probe.stderr.strip()}"
+    return True, ""
+
+
+def offline_command(command: list[str]) -> tuple[list[str], bool, str]:
+    """``command`` inside a loopback-only network namespace where the machine allows one."""
+    offline, why_not = network_namespace_available()
+    if offline:
+        quoted = " ".join(f"'{c}'" for c in command)
+        command = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {quoted}"]
+    return command, offline, why_not
+
+
+def pipeline_env() -> dict[str, str]:
+    """The privacy env, without the tests' private datasets cache: a tool that forgot to set its
+    own would then write to ~/.cache, where the stray-copy checks look."""
+    env = subprocess_env(hub_offline=True)
+    env.pop("HF_DATASETS_CACHE", None)
+    env.pop("ICD10_WORKSPACE", None)
+    return env

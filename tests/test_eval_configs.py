@@ -17,13 +17,15 @@ SHARED = ("tasks", "include_path", "apply_chat_template", "log_samples", "gen_kw
 
 
 def test_three_approaches_share_task_prompt_and_generation():
-    assert set(CONFIGS) == {"baseline-llm", "baseline-slm", "finetuned-slm"}
+    assert set(CONFIGS) == {"baseline-llm", "baseline-slm", "finetuned-slm", "baseline-slm-vllm",
+                            "finetuned-slm-vllm"}
     loaded = {name: yaml.safe_load(path.read_text()) for name, path in CONFIGS.items()}
     for key in SHARED:
         assert len({repr(cfg.get(key)) for cfg in loaded.values()}) == 1, key
     for name, cfg in loaded.items():
         assert cfg["tasks"] == ["icd10_medsynth"] and cfg["apply_chat_template"] and cfg["log_samples"]
-        assert cfg["output_path"] == f"outputs/eval/{name}"
+        # The engine is not an approach: vLLM results land where the hf ones do.
+        assert cfg["output_path"] == f"outputs/eval/{name.removesuffix('-vllm')}"
     assert loaded["baseline-llm"]["model"] == "local-chat-completions"
     assert loaded["finetuned-slm"]["model_args"]["pretrained"] == loaded["baseline-slm"]["model_args"]["pretrained"]
 
@@ -45,3 +47,56 @@ def test_demo_recipe_matches_the_configs_defaults():
     assert Path(derived["pretrained"]) == Path(written["pretrained"]) and derived["dtype"] == written["dtype"]
     finetuned = yaml.safe_load(CONFIGS["finetuned-slm"].read_text())["model_args"]
     assert finetuned["peft"] == derived["peft"]
+
+
+def vllm_init_parameters() -> set[str]:
+    """Keyword arguments of lm-eval's VLLM model class, read from its source (vLLM itself is not installed)."""
+    import ast
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("lm_eval.models.vllm_causallms").origin).read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == "VLLM":
+            init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+            return {a.arg for a in init.args.args + init.args.kwonlyargs}
+    raise AssertionError("lm-eval has no VLLM class")
+
+
+def test_vllm_configs_are_valid_for_lm_evals_vllm_backend():
+    known = vllm_init_parameters()
+    for name in ("baseline-slm-vllm", "finetuned-slm-vllm"):
+        cfg = yaml.safe_load(CONFIGS[name].read_text())
+        assert cfg["model"] == "vllm" and cfg["batch_size"] == "auto"
+        # Unknown keys would go on to vllm.LLM(); these are the ones lm-eval itself takes.
+        assert set(cfg["model_args"]) - {"seed"} <= known, set(cfg["model_args"]) - known
+    # The adapter the vLLM config loads must fit its LoRA slots: rank <= max_lora_rank.
+    finetuned = yaml.safe_load(CONFIGS["finetuned-slm-vllm"].read_text())["model_args"]
+    recipe = yaml.safe_load((REPO / "recipes" / "qlora.yml").read_text())
+    assert finetuned["max_lora_rank"] == recipe["lora_r"]
+    assert finetuned["lora_local_path"] == recipe["output_dir"] and finetuned["pretrained"] == recipe["base_model"]
+
+
+def test_recipe_gives_vllm_its_adapter_and_rank():
+    for name in ("qlora.yml", "qlora-older-gpu.yml", "demo-cpu.yml"):
+        recipe = REPO / "recipes" / name
+        cfg = yaml.safe_load(recipe.read_text())
+        args = run_eval.recipe_model_args(recipe, engine="vllm")
+        assert args["max_lora_rank"] == cfg["lora_r"] and args["lora_local_path"] == cfg["output_dir"]
+    assert run_eval.recipe_model_args(REPO / "recipes" / "qlora-older-gpu.yml", engine="vllm")["dtype"] == "float16"
+
+
+def test_vllm_configs_say_clearly_when_vllm_is_missing():
+    if run_eval.VLLM_PYTHON.is_file():
+        pytest.skip("the vLLM environment exists here")
+    with pytest.raises(click.ClickException, match="make vllm-env"):
+        run_eval.load_config(CONFIGS["baseline-slm-vllm"], (), None, None, False, REPO / "recipes" / "qlora.yml")
+
+
+def test_hf_backend_gets_a_gpu_batch_size_with_a_gpu_recipe_only():
+    gpu = run_eval.load_config(CONFIGS["baseline-slm"], (), None, None, False, REPO / "recipes" / "qlora.yml")
+    assert gpu["batch_size"] == run_eval.GPU_HF_BATCH_SIZE > 1
+    cpu = run_eval.load_config(CONFIGS["baseline-slm"], (), None, None, False, REPO / "recipes" / "demo-cpu.yml")
+    assert cpu["batch_size"] == 1
+    chosen = run_eval.load_config(CONFIGS["baseline-slm"], (), None, None, False, REPO / "recipes" / "qlora.yml",
+                                  batch_size="auto")
+    assert chosen["batch_size"] == "auto"

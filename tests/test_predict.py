@@ -103,3 +103,35 @@ def test_constrained_mode_never_returns_an_invalid_code_on_the_demo_split(tmp_pa
     for answer in answers:
         assert answer["codes"], answer
         assert all(c["billable"] for c in answer["codes"]), answer
+
+
+def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tmp_path, embedded_model):
+    """Left-padded batches (what a GPU uses) must not change what the model answers."""
+    prepared = prepare_demo(tmp_path / "prepared")
+    rows = [json.loads(line) for line in (prepared / "test.jsonl").read_text().splitlines()][:4]
+    batch = tmp_path / "four.jsonl"
+    batch.write_text("\n".join(json.dumps({"dialogue": r["dialogue"]}) for r in rows))
+    answers = {}
+    for size in ("1", "4"):
+        result = predict(str(batch), "--adapter", "none", "--json", "--top-k", "1", "--no-constrain",
+                         "--device", "cpu", "--batch-size", size)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        answers[size] = [json.loads(line)["raw_answer"] for line in result.stdout.decode().splitlines()]
+        assert "dialogues/s" in result.stderr.decode()
+    assert len(answers["4"]) == 4 and answers["4"] == answers["1"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--device", "cuda"), "no CUDA GPU is visible"),
+    (("--engine", "vllm"), "needs vLLM"),
+])
+def test_gpu_options_fail_clearly_without_a_gpu(dialogue_file, args, message):
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or (args[0] == "--engine" and importlib.util.find_spec("vllm")):
+        pytest.skip("this machine has what the option needs")
+    result = predict(str(dialogue_file), "--adapter", "none", *args)
+    assert result.returncode != 0 and message in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()

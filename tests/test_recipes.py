@@ -11,12 +11,16 @@ import pytest
 import yaml
 from conftest import prepare_demo
 
-from icd10_coder.offline import subprocess_env
+from icd10_coder.offline import workspace_env
+from icd10_coder.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 # What a CUDA machine reports to axolotl (an H100); lets GPU recipes validate on CPU.
 GPU_CAPABILITIES = {"bf16": True, "fp8": True, "tf32": True, "n_gpu": 1, "compute_capability": "sm_90"}
+# A T4 (sm_75) and a V100 (sm_70): no bf16, no TF32, no FlashAttention-2.
+OLDER_GPUS = {"T4": {"bf16": False, "fp8": False, "tf32": False, "n_gpu": 1, "compute_capability": "sm_75"},
+              "V100": {"bf16": False, "fp8": False, "tf32": False, "n_gpu": 1, "compute_capability": "sm_70"}}
 
 
 def recipe(name: str) -> dict:
@@ -43,10 +47,39 @@ def test_every_hardware_key_is_a_real_difference_or_a_real_key():
     assert hardware_keys() <= both, hardware_keys() - both
 
 
-def test_multigpu_recipe_is_qlora_plus_deepspeed():
+def test_multigpu_recipe_is_qlora_plus_deepspeed_with_the_same_effective_batch_on_4_gpus():
     assert differing_keys(recipe("qlora.yml"), recipe("qlora-multigpu.yml")) == {
-        "deepspeed", "output_dir", "dataset_prepared_path", "mlflow_run_name"}
+        "deepspeed", "output_dir", "dataset_prepared_path", "mlflow_run_name", "gradient_accumulation_steps"}
     assert (REPO / recipe("qlora-multigpu.yml")["deepspeed"]).is_file()
+    single, multi = recipe("qlora.yml"), recipe("qlora-multigpu.yml")
+    effective = single["micro_batch_size"] * single["gradient_accumulation_steps"]
+    assert 4 * multi["micro_batch_size"] * multi["gradient_accumulation_steps"] == effective == 16
+    documented = (RECIPES / "README.md").read_text()
+    assert "--num_processes 4 -m axolotl.cli.train recipes/qlora-multigpu.yml" in documented
+
+
+def test_evaluation_cadence_does_not_depend_on_the_gpu_count():
+    for name in ("qlora.yml", "qlora-multigpu.yml", "qlora-older-gpu.yml"):
+        cfg = recipe(name)
+        assert cfg["evals_per_epoch"] == 5 and "eval_steps" not in cfg, name
+
+
+def test_older_gpu_recipe_differs_from_qlora_only_in_hardware_keys():
+    drift = differing_keys(recipe("qlora.yml"), recipe("qlora-older-gpu.yml")) - hardware_keys()
+    assert not drift, drift
+    older = recipe("qlora-older-gpu.yml")
+    assert (older["bf16"], older["fp16"], older["tf32"], older["attn_implementation"]) == (False, True, False, "sdpa")
+    assert not any(older[f"lora_{k}_kernel"] for k in ("mlp", "qkv", "o", "embedding"))
+
+
+@pytest.mark.parametrize("gpu", sorted(OLDER_GPUS))
+def test_older_gpu_recipe_passes_axolotl_validation_on_t4_and_v100(gpu):
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = validate_config(DictDefault(recipe("qlora-older-gpu.yml")), capabilities=OLDER_GPUS[gpu],
+                          env_capabilities={"torch_version": "2.13.0"})
+    assert cfg.fp16 and not cfg.bf16 and cfg.load_in_4bit
 
 
 def test_cpu_recipe_has_the_cpu_settings():
@@ -99,7 +132,7 @@ def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model)
     import datasets
     from transformers import AutoTokenizer
 
-    env = subprocess_env(hub_offline=True)
+    env = workspace_env(Workspace.at(tmp_path / "ws"), hub_offline=True)  # datasets cache there, not ~/.cache
     prepare_demo(tmp_path / "data" / "prepared")
     prepared = tmp_path / "cache"
     result = subprocess.run(

@@ -51,7 +51,8 @@ def test_report_tables_intervals_and_missing_approach(tmp_path, eval_dir):
     result = run_report(tmp_path, eval_dir, "--no-mlflow")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["approaches"]["baseline-llm"] == {"status": "missing"}  # never reported as zero
+    assert summary["approaches"]["baseline-llm"] == {"status": "missing",  # never reported as zero
+                                                     "reason": "not evaluated (no results)"}
     finetuned = summary["approaches"]["finetuned-slm"]
     assert finetuned["model"] == "base + adapter" and finetuned["n"] == 10
     exact = finetuned["metrics"]["exact_match"]
@@ -81,13 +82,13 @@ def test_no_results_is_a_clear_error(tmp_path):
     assert result.exit_code != 0 and "make eval" in result.output
 
 
-def test_runs_are_logged_to_a_local_mlflow_store(tmp_path, eval_dir, monkeypatch):
+def test_runs_are_logged_to_the_workspace_mlflow_store(tmp_path, eval_dir, monkeypatch):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = run_report(tmp_path, eval_dir)
+    monkeypatch.chdir(tmp_path)  # a store created by someone else would put artifacts in ./mlruns
+    result = run_report(tmp_path, eval_dir, "--workspace", str(tmp_path / "ws"))
     assert result.exit_code == 0, result.output
+    uri = f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("icd10-medsynth")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -96,3 +97,4 @@ def test_runs_are_logged_to_a_local_mlflow_store(tmp_path, eval_dir, monkeypatch
     assert not math.isnan(runs["eval-finetuned-slm"].data.metrics["exact_match_ci95_low"])
     artifacts = {a.path for a in client.list_artifacts(runs["eval-finetuned-slm"].info.run_id, "report")}
     assert "report/summary.json" in artifacts
+    assert (tmp_path / "ws" / "mlflow-artifacts").is_dir() and not (tmp_path / "mlruns").exists()

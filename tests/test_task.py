@@ -30,10 +30,11 @@ def first_test_row(data: Path) -> dict:
     return json.loads((data / "test.jsonl").read_text().splitlines()[0])
 
 
-def task_manager():
+def task_manager(data: Path | None = None):
+    """lm-eval's task index with the project's tasks; ``data``: the prepared folder they read."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=TASKS)
+    return TaskManager(include_path=TASKS, metadata={"data_dir": str(data)} if data else None)
 
 
 def test_task_is_found_through_include_path():
@@ -79,9 +80,8 @@ def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(demo_data
     example = prepare.Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable")
     training = prepare.training_record(example)["messages"]
 
-    task = task_manager().load_task_or_group(["icd10_medsynth"])
+    task = task_manager(demo_data).load_task_or_group(["icd10_medsynth"])
     task = task["icd10_medsynth"] if "icd10_medsynth" in task else next(iter(task.values()))
-    task.config.metadata = {"data_dir": str(demo_data)}
     captured: list = []
     task.fewshot_context(row, 0, apply_chat_template=True,
                          chat_template=lambda messages, **_: captured.append(messages) or "")
@@ -92,8 +92,8 @@ def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(demo_data
         results = lm_eval.simple_evaluate(
             model="local-chat-completions",
             model_args=f"model=capture,base_url={server.url},tokenizer_backend=none,num_concurrent=1",
-            tasks=["icd10_medsynth"], apply_chat_template=True, limit=1, task_manager=task_manager(),
-            metadata={"data_dir": str(demo_data)}, log_samples=False)
+            tasks=["icd10_medsynth"], apply_chat_template=True, limit=1, task_manager=task_manager(demo_data),
+            log_samples=False)
     finally:
         server.close()
     api_messages = server.requests[0]["messages"]
@@ -115,8 +115,7 @@ def test_python_api_with_the_embedded_model(demo_data, embedded_model):
 
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={embedded_model},dtype=float32", tasks=["icd10_medsynth"],
-        apply_chat_template=True, limit=2, device="cpu", task_manager=task_manager(),
-        metadata={"data_dir": str(demo_data)},
+        apply_chat_template=True, limit=2, device="cpu", task_manager=task_manager(demo_data),
         log_samples=True)
     scores = results["results"]["icd10_medsynth"]
     for metric in METRICS:

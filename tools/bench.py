@@ -29,11 +29,11 @@ from typing import Any
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import apply_offline_env, subprocess_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS, PREPARED, REPO_ROOT  # noqa: E402
+from icd10_coder.offline import apply_offline_env, subprocess_env, workspace_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, REPO_ROOT  # noqa: E402
+from icd10_coder.workspace import Workspace  # noqa: E402
 
 TOOLS = REPO_ROOT / "tools"
-MEDSYNTH_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "medsynth_sample.jsonl"
 SEQUENCE_LENS = (2048, 4096, 8192)
 TARGET_SHARE = 0.95
 
@@ -61,7 +61,9 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float, str]:
     import psutil
 
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=subprocess_env(hub_offline=True), stdout=subprocess.PIPE,
+    # The bench's temporary folder is its workspace: axolotl's datasets cache lands there, not in ~/.cache.
+    process = subprocess.Popen(command, cwd=cwd, env=workspace_env(Workspace.at(cwd), hub_offline=True),
+                               stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     peak = 0
 
@@ -121,7 +123,7 @@ def bench_prepare(rows: int, work: Path) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(synthetic_rows(rows))
     seconds, peak, _ = run_measured([sys.executable, str(TOOLS / "prepare.py"), "--source", str(source), "--out",
-                                     str(work / "prepared-10k"), "--tokenizer", str(EMBEDDED_MODEL)], REPO_ROOT)
+                                     str(work / "prepared-10k"), "--tokenizer", str(EMBEDDED_MODEL)], work)
     return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds, 1),
             "peak_rss_gib": round(peak, 2), "settings": "tools/prepare.py defaults, token lengths with the embedded "
                                                           "tokenizer, dialogues of the MedSynth sample's lengths"}
@@ -182,8 +184,9 @@ def bench_tokens(work: Path, batch: int) -> dict[str, Any]:
                         str(work / "sample"), "--tokenizer", "none", "--val-fraction", "0", "--test-fraction", "0"],
                        check=True, capture_output=True, env=subprocess_env(hub_offline=True))
         sources["medsynth_sample (121 real rows)"] = token_lengths_of(work / "sample" / "train.jsonl")
-    if (PREPARED / "train.jsonl").is_file():
-        sources["data/prepared/train.jsonl"] = token_lengths_of(PREPARED / "train.jsonl")
+    real = Workspace.real().prepared / "train.jsonl"
+    if real.is_file():  # read only: the real run's prepared data, when there is one
+        sources["data/prepared/train.jsonl"] = token_lengths_of(real)
     results = {}
     for name, lengths in sources.items():
         shares = {"random": random_batches(lengths, batch), "length_grouped": length_grouped_batches(lengths, batch)}
@@ -246,8 +249,8 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
         lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={EMBEDDED_MODEL},dtype=float32",
                                 tasks=["icd10_medsynth"], apply_chat_template=True, limit=limit,
                                 batch_size=batch_size, device="cuda" if torch.cuda.is_available() else "cpu",
-                                task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks")),
-                                metadata={"data_dir": str(data)})
+                                task_manager=TaskManager(include_path=str(REPO_ROOT / "tasks"),
+                                                         metadata={"data_dir": str(data)}))
         seconds = time.perf_counter() - started
         results[f"batch_{batch_size}"] = {"samples": limit, "seconds": round(seconds, 1),
                                           "samples_per_s": round(limit / seconds, 3)}
@@ -342,7 +345,8 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict")
 @click.option("--train-steps", type=int, default=6, show_default=True, help="Optimiser steps per training run.")
 @click.option("--eval-limit", type=int, default=8, show_default=True, help="Test dialogues per evaluation run.")
 @click.option("--only", multiple=True, type=click.Choice(STAGES), help="Run only these stages (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "bench", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
+              show_default=True)
 def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], out: Path) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)

@@ -5,11 +5,16 @@ and the Finetuned SLM -> Baseline LLM through a real OpenAI-compatible server on
 127.0.0.1 (``transformers serve`` with the embedded model standing in for the large
 model) -> report. Each stage is the same command a user would type; this script only
 chains them, serves the local endpoint and records how long each stage took.
+
+Everything happens in the demo's own workspace (default ``outputs/demo/``): the real
+run's ``data/prepared/``, ``outputs/adapters/``, ``outputs/eval/``, ``outputs/report/``
+and ``outputs/mlflow.db`` are never read or written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,18 +27,20 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import subprocess_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS, REPO_ROOT  # noqa: E402
+from icd10_coder.offline import workspace_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
+from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
 RECIPE = "recipes/demo-cpu.yml"
 TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
 
 
-def run(stage: str, command: list[str], timings: dict[str, float]) -> None:
-    click.secho(f"\n=== {stage}: {' '.join(command)}", bold=True)
+def run(stage: str, command: list[str], timings: dict[str, float], workspace: Workspace) -> None:
+    shown = [display_path(part) if part.startswith("/") else part for part in command]
+    click.secho(f"\n=== {stage}: {' '.join(shown)}", bold=True)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(hub_offline=True), check=False)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=workspace_env(workspace, hub_offline=True), check=False)
     timings[stage] = round(time.perf_counter() - started, 1)
     if result.returncode != 0:
         raise click.ClickException(f"stage '{stage}' failed (exit {result.returncode}); see the output above")
@@ -46,16 +53,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_openai_server(model: Path, timeout_s: float = 180):
+def local_openai_server(model: Path, workspace: Workspace, timeout_s: float = 180):
     """``transformers serve`` on 127.0.0.1; yields the chat-completions URL, stops the server after."""
     port = free_port()
-    log = (OUTPUTS / "eval" / "llm-server.log")
+    log = workspace.outputs / "llm-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
         server = subprocess.Popen(
             [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
              "--dtype", "float32", str(model)],
-            stdout=handle, stderr=subprocess.STDOUT, env=subprocess_env(hub_offline=True), cwd=REPO_ROOT)
+            stdout=handle, stderr=subprocess.STDOUT, env=workspace_env(workspace, hub_offline=True), cwd=REPO_ROOT)
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -80,35 +87,48 @@ def local_openai_server(model: Path, timeout_s: float = 180):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workspace", default=str(DEMO_WORKSPACE.relative_to(REPO_ROOT)), show_default=True, metavar="DIR",
+              help="The demo's own workspace; its earlier demo results are replaced. Never the checkout itself.")
 @click.option("--skip-llm", is_flag=True, help="Leave out the Baseline LLM (it is then reported as missing).")
-def main(skip_llm: bool) -> None:
-    """Run the offline demo end to end and write outputs/report/."""
+def main(workspace: str, skip_llm: bool) -> None:
+    """Run the offline demo end to end in its own workspace and write its report."""
     if not (EMBEDDED_MODEL / "config.json").is_file():
         raise click.ClickException(f"{EMBEDDED_MODEL} is missing: run `make setup` first")
+    try:
+        space = Workspace.at(workspace)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    if space.is_real:
+        raise click.ClickException("the demo never runs in the real run's workspace (the checkout); "
+                                   "pick another --workspace")
+    os.umask(0o077)  # everything the demo writes quotes (synthetic) dialogues: owner-only
     timings: dict[str, float] = {}
     python = sys.executable
-    # Results of earlier runs would mix into the report; axolotl's token cache would
-    # hide freshly prepared data.
-    for stale in (OUTPUTS / "eval", OUTPUTS / "axolotl-cache" / "demo-cpu", OUTPUTS / "adapters" / "demo-cpu"):
+    ws = ["--workspace", str(space.root)]
+    # Earlier demo results would mix into this report; axolotl's token cache would hide
+    # freshly prepared data. Only the demo's own workspace is touched.
+    for stale in (space.eval_dir, space.report_dir, space.axolotl_cache, space.adapters_dir):
         shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
-    run("prepare", [python, "tools/prepare.py", "--demo"], timings)
-    run("train", [str(BIN / "accelerate"), "launch", "-m", "axolotl.cli.train", RECIPE], timings)
+    run("prepare", [python, "tools/prepare.py", "--demo", *ws], timings, space)
+    run("train", [python, "tools/train.py", RECIPE, *ws], timings, space)
     run("eval baseline-slm + finetuned-slm",
-        [python, "tools/run_eval.py", "recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"], timings)
+        [python, "tools/run_eval.py", *ws, "recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"],
+        timings, space)
     if not skip_llm:
         llm_started = time.perf_counter()
-        with local_openai_server(EMBEDDED_MODEL) as url:
+        with local_openai_server(EMBEDDED_MODEL, space) as url:
             timings["llm server start"] = round(time.perf_counter() - llm_started, 1)
             run("eval baseline-llm (local OpenAI-compatible server)",
-                [python, "tools/run_eval.py", "recipes/eval/baseline-llm.yml",
+                [python, "tools/run_eval.py", *ws, "recipes/eval/baseline-llm.yml",
                  "--model-arg", f"base_url={url}", "--model-arg", f"model={EMBEDDED_MODEL}",
-                 "--model-arg", "num_concurrent=1"], timings)
-    run("report", [python, "tools/report.py"], timings)
+                 "--model-arg", "num_concurrent=1"], timings, space)
+    run("report", [python, "tools/report.py", *ws], timings, space)
     timings["total"] = round(time.perf_counter() - started, 1)
-    (OUTPUTS / "report" / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    (space.report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     click.secho("\nDemo finished. Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), bold=True)
-    click.echo("Report: outputs/report/report.md; MLflow: mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db")
+    click.echo(f"Report: {display_path(space.report_dir)}/report.md; MLflow: mlflow ui --backend-store-uri "
+               f"{space.recipe_tracking_uri()}")
 
 
 if __name__ == "__main__":

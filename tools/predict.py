@@ -6,11 +6,14 @@
 
 Same prompt templates, dialogue clean-up and answer parser as training and evaluation.
 With --constrain (default) decoding may only start with a real billable ICD-10-CM code;
-beam search gives the ranked alternatives (the first code of each beam).
+beam search gives the ranked alternatives (the first code of each beam). On a GPU
+(``--device auto``) the model runs in bf16 (fp16 on T4/V100) and JSONL input is generated
+in batches (``--batch-size``); ``--engine vllm`` hands large batches to vLLM.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -22,26 +25,79 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, OUTPUTS  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, display_path  # noqa: E402
+from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
-DEFAULT_ADAPTER = OUTPUTS / "adapters" / "demo-cpu"
+# What `make demo` trains; a real run's adapter is passed explicitly (outputs/adapters/qlora).
+DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu"
 MAX_NEW_TOKENS = 48
 
 
-class Predictor:
-    """Base model (+ optional LoRA adapter) with the project's prompt and parser."""
+def pick_device(choice: str) -> str:
+    """``auto``: CUDA when a GPU is visible, else the CPU."""
+    import torch
 
-    def __init__(self, base_model: Path | str, adapter: Path | None, constrain: bool):
-        import torch
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return choice
+
+
+def pick_dtype(device: str):
+    """fp32 on the CPU; bf16 on GPUs that have it (Ampere+), else fp16 (T4, V100)."""
+    import torch
+
+    if device == "cpu":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def rank_codes(answers: list[str], top_k: int) -> dict[str, Any]:
+    """Answers best first (beams, or one answer with alternatives) -> ranked unique codes with descriptions."""
+    from icd10_coder.codes import description, validity
+    from icd10_coder.parsing import extract_codes
+
+    ranked: list[str] = []
+    for answer in answers:  # keep each answer's codes in order
+        for code in extract_codes(answer):
+            if code not in ranked:
+                ranked.append(code)
+    return {
+        "codes": [{"rank": rank, "code": code, "description": description(code), "validity": validity(code),
+                   "billable": validity(code) == "billable"} for rank, code in enumerate(ranked[:top_k], 1)],
+        "raw_answer": answers[0] if answers else "",
+    }
+
+
+def prompt_messages(dialogue: str) -> list[dict[str, str]]:
+    from icd10_coder.dialogue import clean_dialogue
+    from icd10_coder.prompts import chat_messages
+
+    cleaned = clean_dialogue(dialogue)
+    if not cleaned:
+        raise click.ClickException("the dialogue is empty")
+    return chat_messages(cleaned)
+
+
+class Predictor:
+    """Base model (+ optional LoRA adapter) with the project's prompt and parser, on CPU or GPU."""
+
+    def __init__(self, base_model: Path | str, adapter: Path | None, constrain: bool, device: str = "cpu"):
+        import torch  # noqa: F401  (loaded before transformers picks a device)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(adapter or base_model)
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        self.tokenizer.padding_side = "left"  # batched generation: every prompt ends where answers start
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=pick_dtype(device))
         if adapter is not None:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
-        self.model = model.eval()
+        self.model = model.to(device).eval()
         self.constraint = None
         if constrain:
             from icd10_coder.constrained import CodePrefixConstraint
@@ -49,36 +105,47 @@ class Predictor:
             self.constraint = CodePrefixConstraint(self.tokenizer)
 
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
+        return self.predict_batch([dialogue], top_k)[0]
+
+    def predict_batch(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
+        """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes."""
         import torch
 
-        from icd10_coder.codes import description, validity
-        from icd10_coder.dialogue import clean_dialogue
-        from icd10_coder.parsing import extract_codes
-        from icd10_coder.prompts import chat_messages
-
-        cleaned = clean_dialogue(dialogue)
-        if not cleaned:
-            raise click.ClickException("the dialogue is empty")
-        inputs = self.tokenizer.apply_chat_template(chat_messages(cleaned), add_generation_prompt=True,
-                                                    return_tensors="pt", return_dict=True)
+        inputs = self.tokenizer.apply_chat_template([prompt_messages(d) for d in dialogues],
+                                                    add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True, padding=True).to(self.device)
         prompt_length = inputs["input_ids"].shape[1]
         beams = max(1, top_k)
         with torch.no_grad():
             output = self.model.generate(
                 **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=beams,
-                num_return_sequences=beams, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                num_return_sequences=beams, pad_token_id=self.tokenizer.pad_token_id,
                 prefix_allowed_tokens_fn=self.constraint.hook(prompt_length) if self.constraint else None)
         answers = [self.tokenizer.decode(seq[prompt_length:], skip_special_tokens=True).strip() for seq in output]
-        ranked: list[str] = []
-        for answer in answers:  # beams come best first; keep each beam's codes in order
-            for code in extract_codes(answer):
-                if code not in ranked:
-                    ranked.append(code)
-        return {
-            "codes": [{"rank": rank, "code": code, "description": description(code), "validity": validity(code),
-                       "billable": validity(code) == "billable"} for rank, code in enumerate(ranked[:top_k], 1)],
-            "raw_answer": answers[0],
-        }
+        return [rank_codes(answers[i * beams:(i + 1) * beams], top_k) for i in range(len(dialogues))]
+
+
+class VllmPredictor:
+    """The same prompt and parser through vLLM (GPU, large batches): greedy answers, no constrained decoding."""
+
+    def __init__(self, base_model: Path | str, adapter: Path | None):
+        if importlib.util.find_spec("vllm") is None:
+            raise click.ClickException("--engine vllm needs vLLM, which has its own environment: on a CUDA machine "
+                                       "run `make vllm-env`, then `.venv-vllm/bin/python tools/predict.py "
+                                       "--engine vllm ...`")
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else None
+        self.llm = LLM(model=str(base_model), enable_lora=adapter is not None, max_lora_rank=rank or 16,
+                       max_model_len=4096, seed=42)
+        self.params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
+        self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+
+    def predict_batch(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
+        outputs = self.llm.chat([prompt_messages(d) for d in dialogues], self.params, lora_request=self.lora,
+                                use_tqdm=False)
+        return [rank_codes([output.outputs[0].text.strip()], top_k) for output in outputs]
 
 
 def read_dialogues(source: str) -> tuple[list[str], bool]:
@@ -123,15 +190,22 @@ def human(result: dict[str, Any]) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("source", metavar="FILE|-")
 @click.option("--adapter", default=None, metavar="DIR|none",
-              help=f"LoRA adapter folder. Default: {DEFAULT_ADAPTER.relative_to(OUTPUTS.parent)} if it exists; "
+              help=f"LoRA adapter folder. Default: {display_path(DEFAULT_ADAPTER)} (make demo's) if it exists; "
                    "'none' for the base model alone.")
 @click.option("--base-model", default=str(EMBEDDED_MODEL), show_default=True,
               help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model).")
 @click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many ranked codes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dialogue instead of text.")
 @click.option("--constrain/--no-constrain", default=True, show_default=True,
-              help="Only let the model start its answer with a real billable ICD-10-CM code.")
-def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json: bool, constrain: bool) -> None:
+              help="Only let the model start its answer with a real billable ICD-10-CM code (hf engine).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: the GPU when one is visible (bf16, or fp16 on T4/V100), else the CPU (fp32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Dialogues per generate call for JSONL input. Default: 8 on a GPU, 1 on the CPU.")
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="vllm: large batches on a GPU (greedy answers and their alternatives; no --constrain).")
+def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json: bool, constrain: bool,
+         device: str, batch_size: int | None, engine: str) -> None:
     """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
     apply_offline_env(hub_offline=True)
     dialogues, batch = read_dialogues(source)
@@ -146,11 +220,23 @@ def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json:
     looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
     if looks_local and not (Path(base_model) / "config.json").is_file():
         raise click.ClickException(f"base model {base_model}: not found (no config.json); run `make setup`")
-    predictor = Predictor(base_model, adapter_path, constrain)
+    if engine == "vllm":
+        if constrain:
+            click.echo("note: --engine vllm decodes without the code constraint (--no-constrain)", err=True)
+        predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
+        size = batch_size or max(1, len(dialogues))  # vLLM schedules the batch itself
+    else:
+        chosen = pick_device(device)
+        predictor = Predictor(base_model, adapter_path, constrain, chosen)
+        size = batch_size or (8 if chosen == "cuda" else 1)
     started = time.perf_counter()
-    for dialogue in tqdm(dialogues, desc="predict", unit="dialogue", disable=not batch, file=sys.stderr):
-        result = predictor.predict(dialogue, top_k)
-        click.echo(json.dumps(result, ensure_ascii=False) if as_json else human(result) + ("\n" if batch else ""))
+    with tqdm(total=len(dialogues), desc="predict", unit="dialogue", disable=not batch, file=sys.stderr) as bar:
+        for first in range(0, len(dialogues), size):
+            chunk = dialogues[first:first + size]
+            for result in predictor.predict_batch(chunk, top_k):
+                click.echo(json.dumps(result, ensure_ascii=False) if as_json else human(result) + ("\n" if batch
+                                                                                                   else ""))
+            bar.update(len(chunk))
     if batch:
         elapsed = time.perf_counter() - started
         click.echo(f"{len(dialogues)} dialogues in {elapsed:.1f} s ({len(dialogues) / elapsed:.2f} dialogues/s)",

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, PREPARED, REPO_ROOT, make_private  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, make_private  # noqa: E402
+from icd10_coder.workspace import Workspace  # noqa: E402
 
 HUB_DATASET = "Ahmad0067/MedSynth"
 REQUIRED_COLUMNS = ("Dialogue", "ICD10")
@@ -257,7 +258,8 @@ def evaluation_record(example: Example) -> dict[str, Any]:
 
 
 def token_lengths(tokenizer_path: str, splits: dict[str, list[Example]]) -> dict[str, Any] | None:
-    """Percentiles of dialogue tokens and of whole training examples (prompt + answer)."""
+    """Percentiles of dialogue tokens and of whole training examples (prompt + answer), and
+    per recipe how many rows of each split are longer than its ``sequence_len``."""
     if tokenizer_path == "none":
         return None
     from transformers import AutoTokenizer
@@ -274,11 +276,50 @@ def token_lengths(tokenizer_path: str, splits: dict[str, list[Example]]) -> dict
                                                      return_attention_mask=False)["input_ids"]]
     full_tokens = [n + shell for n, shell in zip(dialogue_tokens, prompt_shell_tokens(tokenizer, examples),
                                                  strict=True)]
+    by_split, start = {}, 0
+    for name, rows in splits.items():
+        by_split[name] = full_tokens[start:start + len(rows)]
+        start += len(rows)
     return {
-        "tokenizer": _relative(Path(tokenizer_path)) if Path(tokenizer_path).exists() else tokenizer_path,
+        "tokenizer": display_path(Path(tokenizer_path)) if Path(tokenizer_path).exists() else tokenizer_path,
         "dialogue": percentiles(dialogue_tokens),
         "prompt_plus_answer": percentiles(full_tokens),
+        "over_sequence_len": over_sequence_len(by_split),
     }
+
+
+def recipe_sequence_lens(folder: Path = REPO_ROOT / "recipes") -> dict[str, int]:
+    """``sequence_len`` of every axolotl recipe in ``recipes/``."""
+    import yaml
+
+    lens = {}
+    for recipe in sorted(folder.glob("*.yml")):
+        value = (yaml.safe_load(recipe.read_text()) or {}).get("sequence_len")
+        if isinstance(value, int):
+            lens[f"recipes/{recipe.name}"] = value
+    return lens
+
+
+def over_sequence_len(lengths_by_split: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    """Rows whose prompt + answer is longer than each recipe's ``sequence_len``, per split.
+
+    axolotl drops such training and validation rows (``excess_length_strategy: drop``):
+    truncating would cut off the answer, the only tokens that carry loss.
+    """
+    return {recipe: {"sequence_len": limit,
+                     **{split: sum(1 for n in lengths if n > limit) for split, lengths in lengths_by_split.items()
+                        if lengths}}
+            for recipe, limit in recipe_sequence_lens().items()}
+
+
+def warn_over_length(lengths: dict[str, Any] | None) -> None:
+    """Say which recipes would drop training or validation rows, and how many."""
+    for recipe, counts in ((lengths or {}).get("over_sequence_len") or {}).items():
+        dropped = {split: n for split, n in counts.items() if split in ("train", "val") and n}
+        if dropped:
+            click.secho(f"warning: {recipe} (sequence_len {counts['sequence_len']}) drops "
+                        + ", ".join(f"{n} {split}" for split, n in dropped.items())
+                        + " row(s) longer than that; raise sequence_len to keep them", fg="yellow", err=True)
 
 
 def prompt_shell_tokens(tokenizer, examples: list[Example]) -> list[int]:
@@ -361,6 +402,14 @@ def data_card_markdown(card: dict[str, Any]) -> str:
             p = card["token_lengths"][what]
             lines.append(f"| {what} | " + " | ".join(f"{p[k]:.0f}" for k in ("min", "p50", "p90", "p95", "p99", "max"))
                          + " |")
+        over = card["token_lengths"].get("over_sequence_len") or {}
+        if over:
+            lines += ["", "Rows longer than each recipe's `sequence_len` (prompt + answer; axolotl drops such "
+                      "train/val rows):", "", "| recipe | sequence_len | " + " | ".join(card["splits"]) + " |",
+                      "| --- | --- | " + " | ".join("---" for _ in card["splits"]) + " |"]
+            for recipe, counts in over.items():
+                lines.append(f"| `{recipe}` | {counts['sequence_len']} | "
+                             + " | ".join(str(counts.get(split, 0)) for split in card["splits"]) + " |")
     lines += ["", "Codes per ICD-10-CM chapter: "
               + ", ".join(f"{k}: {v}" for k, v in card["codes_per_chapter"].items()), "",
               "Files (sha256):", ""] + [f"- `{name}` {digest}" for name, digest in card["files_sha256"].items()]
@@ -405,18 +454,15 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--source", type=click.Path(dir_okay=False), default=None,
               help=f"Local CSV / JSONL / Parquet export. Default: the hub dataset {HUB_DATASET}.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=PREPARED, show_default=True,
-              help="Folder for train/val/test JSONL and the data card.")
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Workspace to prepare (its prepared/ folder; the real run: data/prepared). "
+                   "Default: $ICD10_WORKSPACE, else the checkout.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for train/val/test JSONL and the data card. Default: the workspace's prepared data "
+                   "(data/prepared).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split (same seed, same files).")
 @click.option("--demo", is_flag=True, help="Use the small offline synthetic demo set instead of MedSynth.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.1, show_default=True)
@@ -430,12 +476,19 @@ def _relative(path: Path) -> str:
 @click.option("--tokenizer", default=str(EMBEDDED_MODEL), show_default=True,
               help="Tokenizer for the length percentiles in the data card ('none' to skip).")
 @click.option("--limit", type=int, default=None, help="Use only the first N rows (quick trials).")
-def main(source: str | None, out: Path, seed: int, demo: bool, val_fraction: float, test_fraction: float,
-         unseen_fraction: float, code_policy: str, deidentify: bool, tokenizer: str, limit: int | None) -> None:
+def main(source: str | None, workspace: str | None, out: Path | None, seed: int, demo: bool,
+         val_fraction: float, test_fraction: float, unseen_fraction: float, code_policy: str, deidentify: bool,
+         tokenizer: str, limit: int | None) -> None:
     """Turn MedSynth (or a local export, or --demo data) into axolotl and lm-eval files."""
     apply_offline_env()
     if demo and source:
         raise click.UsageError("--demo and --source exclude each other")
+    try:
+        space = Workspace.at(workspace)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    if out is None:
+        out = space.prepared
     raw, source_name = load_rows(source, demo)
     rows = canonical_columns(raw[:limit] if limit else raw, source_name)
     kept, dropped = clean_rows(rows, code_policy, deidentify)
@@ -445,13 +498,18 @@ def main(source: str | None, out: Path, seed: int, demo: bool, val_fraction: flo
         raise PrepareError(f"{source_name}: no usable rows ({dict(dropped)})")
     splits = split_examples(kept, seed, val_fraction, test_fraction, unseen_fraction)
     lengths = token_lengths(tokenizer, splits)
+    warn_over_length(lengths)
     options = {"seed": seed, "demo": demo, "val_fraction": val_fraction, "test_fraction": test_fraction,
                "unseen_codes": unseen_fraction, "code_policy": code_policy, "deidentify": deidentify,
                "limit": limit}
     card = write_outputs(out, splits, {"source": source_name, "rows_in": len(rows), "kept": kept,
                                        "dropped": dropped, "lengths": lengths, "options": options})
     click.echo(data_card_markdown(card))
-    click.echo(f"Wrote {_relative(out)}/: " + ", ".join(f"{k} {v}" for k, v in card["splits"].items()))
+    if out.resolve() == space.prepared.resolve():
+        from icd10_coder.tracking import use_experiment
+
+        use_experiment(space)  # before axolotl can create it with artifacts under ./mlruns
+    click.echo(f"Wrote {display_path(out.resolve())}/: " + ", ".join(f"{k} {v}" for k, v in card["splits"].items()))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Compare the evaluated approaches: ``outputs/report/{report.md,summary.json,*.png}`` + MLflow.
+"""Compare the evaluated approaches: ``<workspace>/report/{report.md,summary.json,*.png}`` + MLflow.
 
-    python tools/report.py            # reads outputs/eval/<approach>/ (make report)
+    python tools/report.py                          # the real run: outputs/eval/ -> outputs/report/
+    python tools/report.py --workspace outputs/demo # the demo's workspace
 
 Reads lm-eval's results and per-sample logs for each approach present, adds 95% Wilson
-confidence intervals, exact McNemar tests on the items both approaches answered, plots,
-and logs everything to MLflow (local SQLite by default). Missing approaches are reported
-as missing, never as zero.
+confidence intervals, exact McNemar tests on the items both approaches answered (Holm-
+corrected over every test shown), plots, and logs everything to the workspace's MLflow
+store. Missing approaches are reported as missing, with the reason, never as zero. The
+test split of unseen codes (task ``icd10_medsynth_unseen``) gets its own table.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.codes import chapter_title  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import OUTPUTS, PREPARED, REPO_ROOT  # noqa: E402
+from icd10_coder.paths import display_path  # noqa: E402
 from icd10_coder.scoring import LOWER_IS_BETTER, METRICS  # noqa: E402
+from icd10_coder.workspace import Workspace  # noqa: E402
 
 APPROACHES = ("baseline-llm", "baseline-slm", "finetuned-slm")
 LABELS = {"baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM", "finetuned-slm": "Finetuned SLM"}
 TASK = "icd10_medsynth"
-EXPERIMENT = "icd10-medsynth"
+UNSEEN_TASK = "icd10_medsynth_unseen"
+TASK_TITLES = {TASK: "Test split (codes seen in training)", UNSEEN_TASK: "Unseen codes (never seen in training)"}
+MISSING_NAME = "missing.json"
 Z95 = 1.959963984540054
 
 
@@ -42,6 +47,7 @@ Z95 = 1.959963984540054
 class Approach:
     name: str
     folder: Path
+    task: str = TASK
     model: str = ""
     results: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -53,7 +59,7 @@ class Approach:
     @property
     def n(self) -> int:
         """Test dialogues scored: the sample log's length, else lm-eval's own count."""
-        return len(self.samples) or int(self.results.get("n-samples", {}).get(TASK, {}).get("effective", 0))
+        return len(self.samples) or int(self.results.get("n-samples", {}).get(self.task, {}).get("effective", 0))
 
     def per_item(self, metric: str) -> dict[str, int]:
         """Per-sample 0/1 values keyed by test item id."""
@@ -69,19 +75,37 @@ def newest(folder: Path, pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
-def load_approach(folder: Path) -> Approach | None:
+def missing_reason(folder: Path | None) -> str | None:
+    """Why an approach has no results: run_eval's ``missing.json``, or nothing evaluated at all."""
+    if folder is None or not folder.is_dir():
+        return "not evaluated (no results)"
+    note = folder / MISSING_NAME
+    if note.is_file():
+        return json.loads(note.read_text()).get("reason") or "not evaluated"
+    return None
+
+
+def load_approach(folder: Path, task: str = TASK) -> Approach | None:
+    """One approach's results on ``task``; None when it has none (or its last attempt was skipped)."""
+    if (folder / MISSING_NAME).is_file():
+        return None
     results_file = newest(folder, "results_*.json")
     if results_file is None:
         return None
-    approach = Approach(name=folder.name, folder=folder)
-    approach.results = json.loads(results_file.read_text())
+    results = json.loads(results_file.read_text())
+    if task not in results.get("results", {}):
+        return None
+    approach = Approach(name=folder.name, folder=folder, task=task)
+    approach.results = results
     run_config = folder / "run_config.yml"
     model_args = (yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}).get("model_args") or \
         approach.results.get("config", {}).get("model_args") or {}
     if isinstance(model_args, str):
         model_args = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
-    approach.model = " + ".join(str(model_args[k]) for k in ("pretrained", "model", "peft") if model_args.get(k))
-    samples_file = newest(results_file.parent, f"samples_{TASK}_*.jsonl")
+    parts = ("pretrained", "model", "peft", "lora_local_path")
+    approach.model = " + ".join(display_path(str(model_args[k])) for k in parts if model_args.get(k))
+    # Timestamps start with a digit: icd10_medsynth_2026-... but not icd10_medsynth_unseen_2026-...
+    samples_file = newest(results_file.parent, f"samples_{task}_[0-9]*.jsonl")
     if samples_file is not None:
         approach.samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
     return approach
@@ -99,7 +123,7 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 
 
 def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
-    task_results = approach.results.get("results", {}).get(TASK, {})
+    task_results = approach.results.get("results", {}).get(approach.task, {})
     summary = {}
     for metric in METRICS:
         values = list(approach.per_item(metric).values()) if approach.samples else None
@@ -111,8 +135,12 @@ def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
     return summary
 
 
-def mcnemar(a: dict[str, int], b: dict[str, int]) -> dict[str, Any]:
-    """Exact McNemar test on the items both approaches answered (two-sided binomial on discordant pairs)."""
+def mcnemar(a: dict[str, int], b: dict[str, int], lower_is_better: bool = False) -> dict[str, Any]:
+    """Exact McNemar test on the items both approaches answered (two-sided binomial on discordant pairs).
+
+    ``a_only``/``b_only`` count items where only A (only B) scores 1; ``a_better``/``b_better``
+    turn that into who did better, which for a lower-is-better metric is the other one.
+    """
     common = sorted(set(a) & set(b))
     only_a = sum(1 for k in common if a[k] and not b[k])
     only_b = sum(1 for k in common if b[k] and not a[k])
@@ -123,17 +151,27 @@ def mcnemar(a: dict[str, int], b: dict[str, int]) -> dict[str, Any]:
         tail = sum(math.comb(discordant, i) for i in range(0, min(only_a, only_b) + 1)) / 2**discordant
         p_value = min(1.0, 2 * tail)
     diff = (sum(b[k] for k in common) - sum(a[k] for k in common)) / len(common) if common else math.nan
-    return {"n_paired": len(common), "a_only": only_a, "b_only": only_b, "difference_b_minus_a": diff,
-            "p_value": p_value}
+    a_better, b_better = (only_b, only_a) if lower_is_better else (only_a, only_b)
+    return {"n_paired": len(common), "a_only": only_a, "b_only": only_b, "a_better": a_better,
+            "b_better": b_better, "difference_b_minus_a": diff, "p_value": p_value}
 
 
 def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
     tests = []
     for a, b in combinations([x for x in approaches if x.samples], 2):
         for metric in METRICS:
-            result = mcnemar(a.per_item(metric), b.per_item(metric))
-            tests.append({"a": a.name, "b": b.name, "metric": metric, **result})
+            result = mcnemar(a.per_item(metric), b.per_item(metric), lower_is_better=metric in LOWER_IS_BETTER)
+            tests.append({"task": a.task, "a": a.name, "b": b.name, "metric": metric, **result})
     return tests
+
+
+def holm(tests: list[dict[str, Any]]) -> None:
+    """Add ``p_holm`` to every test: Holm's step-down correction over all of them (family-wise error 5%)."""
+    order = sorted(range(len(tests)), key=lambda i: tests[i]["p_value"])
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(tests) - rank) * tests[index]["p_value"]))
+        tests[index]["p_holm"] = running
 
 
 def confusions(approach: Approach, top: int = 10) -> list[tuple[str, str, int]]:
@@ -247,52 +285,75 @@ def fmt(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[str]) -> str:
-    lines = [f"# ICD-10 coding: {' vs '.join(LABELS.get(a, a) for a in summary['approaches'])}", "",
-             f"Generated {summary['generated_at']}. Data card sha256 `{summary['data_card_sha256'] or 'n/a'}`.", "",
-             "| approach | model | n | " + " | ".join(METRICS) + " |",
+def approach_rows(approaches_info: dict[str, Any]) -> list[str]:
+    lines = ["| approach | model | n | " + " | ".join(METRICS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    for name, info in summary["approaches"].items():
+    for name, info in approaches_info.items():
         if info["status"] == "missing":
             dashes = " | ".join("–" for _ in METRICS)
-            lines.append(f"| {LABELS.get(name, name)} | missing: not evaluated | – | {dashes} |")
+            lines.append(f"| {LABELS.get(name, name)} | missing: {info['reason']} | – | {dashes} |")
             continue
         cells = [f"{fmt(m['mean'])} [{fmt(m['ci95_low'])}, {fmt(m['ci95_high'])}]"
                  for m in (info["metrics"][k] for k in METRICS)]
         lines.append(f"| {LABELS.get(name, name)} | `{info['model']}` | {info['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: mean [95% Wilson confidence interval] over test dialogues. parse_failure_rate: lower is "
-              "better; every other metric: higher is better.", ""]
-    if summary["paired_tests"]:
+    return lines
+
+
+def paired_rows(tests: list[dict[str, Any]]) -> list[str]:
+    lines = ["| A | B | metric | n | B − A | only A better | only B better | p | p (Holm) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for t in tests:
+        lines.append(f"| {LABELS.get(t['a'], t['a'])} | {LABELS.get(t['b'], t['b'])} | {t['metric']} | "
+                     f"{t['n_paired']} | {t['difference_b_minus_a']:+.3f} | {t['a_better']} | {t['b_better']} | "
+                     f"{t['p_value']:.3g} | {t['p_holm']:.3g} |")
+    return lines
+
+
+def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[str]) -> str:
+    sections = [(TASK, summary["approaches"], summary["paired_tests"])]
+    if summary.get("unseen"):
+        sections.append((UNSEEN_TASK, summary["unseen"]["approaches"], summary["unseen"]["paired_tests"]))
+    lines = [f"# ICD-10 coding: {' vs '.join(LABELS.get(a, a) for a in summary['approaches'])}", "",
+             f"Generated {summary['generated_at']} in workspace {summary['workspace']}. "
+             f"Data card sha256 `{summary['data_card_sha256'] or 'n/a'}`.", ""]
+    for task, infos, _ in sections:
+        lines += [f"## {TASK_TITLES[task]} (`{task}`)", ""] + approach_rows(infos) + [""]
+    lines += ["Cells: mean [95% Wilson confidence interval] over test dialogues. parse_failure_rate: lower is "
+              "better; every other metric: higher is better. top3_match counts the gold code among the first "
+              "three codes of an answer: for a model that answers one code it equals exact_match.", ""]
+    n_tests = sum(len(tests) for *_, tests in sections)
+    if n_tests:
         lines += ["## Paired differences (exact McNemar test, same test items)", "",
-                  "| A | B | metric | n | B − A | only A right | only B right | p |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for t in summary["paired_tests"]:
-            lines.append(f"| {LABELS.get(t['a'], t['a'])} | {LABELS.get(t['b'], t['b'])} | {t['metric']} | "
-                         f"{t['n_paired']} | {t['difference_b_minus_a']:+.3f} | {t['a_only']} | {t['b_only']} | "
-                         f"{t['p_value']:.3g} |")
-        lines.append("")
+                  f"{n_tests} tests are shown, so a raw p < 0.05 will happen by luck alone now and then. "
+                  "**p (Holm)** is corrected over all of them (Holm–Bonferroni, family-wise error 5%): read "
+                  "a difference as unlikely to be luck only when p (Holm) < 0.05. \"Only A better\" counts the "
+                  "items where A scored better than B (for parse_failure_rate: where only B failed to parse).", ""]
+        for task, _, tests in sections:
+            if tests:
+                lines += [f"### {TASK_TITLES[task]}", ""] + paired_rows(tests) + [""]
     for approach in approaches:
         rows = confusions(approach, top=5)
         if rows:
-            lines += [f"Most frequent errors of {approach.label}: "
+            lines += [f"Most frequent errors of {approach.label} ({TASK_TITLES[approach.task].lower()}): "
                       + "; ".join(f"{g} → {p} ({n})" for g, p, n in rows), ""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["## Plots (test split)", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_dir: Path) -> str:
-    """One MLflow run per evaluated approach (params, metrics, report + plots as artifacts)."""
+def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_dir: Path,
+                  workspace: Workspace) -> str:
+    """One MLflow run per evaluated approach and test split (params, metrics, report + plots as artifacts)."""
     import mlflow
 
-    from icd10_coder.tracking import tracking_uri, use_experiment
+    from icd10_coder.tracking import use_experiment
 
-    mlflow.set_tracking_uri(tracking_uri())
-    use_experiment(EXPERIMENT)
+    use_experiment(workspace)
     for approach in approaches:
-        info = summary["approaches"][approach.name]
-        with mlflow.start_run(run_name=f"eval-{approach.name}"):
-            mlflow.set_tags({"stage": "evaluation", "approach": approach.name, "task": TASK})
-            mlflow.log_params({"model": info["model"][:500], "n": info["n"],
+        unseen = approach.task == UNSEEN_TASK
+        info = (summary["unseen"] if unseen else summary)["approaches"][approach.name]
+        with mlflow.start_run(run_name=f"eval-{approach.name}" + ("-unseen" if unseen else "")):
+            mlflow.set_tags({"stage": "evaluation", "approach": approach.name, "task": approach.task})
+            mlflow.log_params({"model": info["model"][:500], "n": info["n"], "workspace": summary["workspace"],
                                "data_card_sha256": summary["data_card_sha256"] or "n/a"})
             for metric, values in info["metrics"].items():
                 if values["mean"] is not None:
@@ -301,69 +362,93 @@ def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_di
                         mlflow.log_metric(f"{metric}_ci95_low", values["ci95_low"])
                         mlflow.log_metric(f"{metric}_ci95_high", values["ci95_high"])
             mlflow.log_artifacts(str(report_dir), artifact_path="report")
-    return tracking_uri()
+    return display_path(workspace.mlflow_db)
+
+
+def approaches_info(names: list[str], folders: dict[str, Path], loaded: dict[str, Approach | None],
+                    summaries: dict[tuple[str, str], dict]) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for name in names:
+        approach = loaded[name]
+        if approach is None:
+            if name in APPROACHES:
+                info[name] = {"status": "missing", "reason": missing_reason(folders.get(name))}
+            continue
+        info[name] = {"status": "present", "label": approach.label, "model": approach.model, "n": approach.n,
+                      "metrics": summaries[(approach.task, name)]}
+    return info
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "eval",
-              show_default=True, help="Folder with one lm-eval output folder per approach.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=OUTPUTS / "report",
-              show_default=True, help="Where report.md, summary.json and the plots go.")
-@click.option("--data-card", type=click.Path(dir_okay=False, path_type=Path), default=PREPARED / "data_card.json",
-              show_default=True)
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Workspace to report on (its eval/ results, prepared data card and MLflow store). "
+                   "Default: $ICD10_WORKSPACE, else the checkout (the real run).")
+@click.option("--eval-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with one lm-eval output folder per approach. Default: the workspace's eval/.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where report.md, summary.json and the plots go. Default: the workspace's report/.")
+@click.option("--data-card", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Data card of the evaluated data. Default: the workspace's prepared data_card.json.")
 @click.option("--mlflow/--no-mlflow", "use_mlflow", default=True, show_default=True,
-              help="Log the evaluation runs and the report to MLflow.")
-def main(eval_dir: Path, out: Path, data_card: Path, use_mlflow: bool) -> None:
+              help="Log the evaluation runs and the report to the workspace's MLflow store.")
+def main(workspace: str | None, eval_dir: Path | None, out: Path | None, data_card: Path | None,
+         use_mlflow: bool) -> None:
     """Build the comparison report from lm-eval results."""
     apply_offline_env()
     import matplotlib
 
     matplotlib.use("Agg")
+    try:
+        space = Workspace.at(workspace)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    eval_dir = eval_dir or space.eval_dir
+    out = out or space.report_dir
+    data_card = data_card or space.prepared / "data_card.json"
     folders = {p.name: p for p in sorted(eval_dir.iterdir()) if p.is_dir()} if eval_dir.is_dir() else {}
     names = list(APPROACHES) + sorted(set(folders) - set(APPROACHES))
-    loaded = {name: load_approach(folders[name]) if name in folders else None for name in names}
-    approaches = [a for a in loaded.values() if a is not None]
+    by_task = {task: {name: load_approach(folders[name], task) if name in folders else None for name in names}
+               for task in (TASK, UNSEEN_TASK)}
+    approaches = [a for a in by_task[TASK].values() if a is not None]
+    unseen = [a for a in by_task[UNSEEN_TASK].values() if a is not None]
     if not approaches:
-        raise click.ClickException(f"no lm-eval results under {eval_dir}: run `make eval` first")
+        reasons = "; ".join(f"{n}: {missing_reason(folders.get(n))}" for n in APPROACHES)
+        raise click.ClickException(f"no lm-eval results under {display_path(eval_dir)} ({reasons}): "
+                                   "run `make eval` first")
 
-    summaries = {a.name: metric_summary(a) for a in approaches}
+    summaries = {(a.task, a.name): metric_summary(a) for a in approaches + unseen}
+    tests = paired_tests(approaches)
+    unseen_tests = paired_tests(unseen)
+    holm(tests + unseen_tests)
     summary: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": TASK,
+        "workspace": space.name,
         "data_card_sha256": hashlib.sha256(data_card.read_bytes()).hexdigest() if data_card.is_file() else None,
-        "approaches": {},
-        "paired_tests": paired_tests(approaches),
+        "approaches": approaches_info(names, folders, by_task[TASK], summaries),
+        "paired_tests": tests,
+        "multiple_comparisons": f"Holm over all {len(tests) + len(unseen_tests)} paired tests (p_holm)",
     }
-    for name in names:
-        approach = loaded[name]
-        if approach is None:
-            if name in APPROACHES:
-                summary["approaches"][name] = {"status": "missing"}
-            continue
-        summary["approaches"][name] = {
-            "status": "present", "label": approach.label, "model": approach.model,
-            "n": approach.n,
-            "metrics": summaries[name],
-        }
+    if unseen:
+        summary["unseen"] = {"task": UNSEEN_TASK, "approaches": approaches_info(names, folders, by_task[UNSEEN_TASK],
+                                                                                  summaries),
+                             "paired_tests": unseen_tests}
 
     out.mkdir(parents=True, exist_ok=True)
     plots = ["metrics_by_approach.png"]
-    plot_metrics(approaches, summaries, out / plots[0])
+    plot_metrics(approaches, {a.name: summaries[(TASK, a.name)] for a in approaches}, out / plots[0])
     with_samples = [a for a in approaches if a.samples]
     if with_samples:
         plot_chapters(with_samples, out / "accuracy_by_chapter.png")
         plot_confusions(with_samples, out / "confusions.png")
         plots += ["accuracy_by_chapter.png", "confusions.png"]
     (out / "summary.json").write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
-    (out / "report.md").write_text(markdown(summary, approaches, plots))
+    (out / "report.md").write_text(markdown(summary, approaches + unseen, plots))
     click.echo((out / "report.md").read_text())
     if use_mlflow:
-        uri = log_to_mlflow(summary, approaches, out)
-        click.echo(f"Logged {len(approaches)} evaluation run(s) to MLflow at {uri}")
-    try:
-        click.echo(f"Report: {out.resolve().relative_to(REPO_ROOT)}/report.md")
-    except ValueError:
-        click.echo(f"Report: {out}/report.md")
+        store = log_to_mlflow(summary, approaches + unseen, out, space)
+        click.echo(f"Logged {len(approaches) + len(unseen)} evaluation run(s) to MLflow at {store}")
+    click.echo(f"Report: {display_path(out.resolve())}/report.md")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,26 @@
 
     python tools/run_eval.py recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
     python tools/run_eval.py recipes/eval/baseline-llm.yml --model-arg base_url=http://10.0.0.5:8000/v1/chat/completions
+    python tools/run_eval.py --workspace outputs/demo recipes/eval/finetuned-slm.yml
 
 Each config is an ``lm_eval run --config`` file; this wrapper only checks it (API endpoints
 must be loopback/private, no API key in the file, adapters exist), applies overrides,
-runs the real ``lm_eval`` CLI with telemetry off, and makes the written files private.
+points its data, adapter and output paths into the workspace, runs the real ``lm_eval``
+CLI with telemetry off, and makes the written files private. When the prepared data has
+``test_unseen.jsonl`` (``prepare --unseen-codes``), that split is scored too, as task
+``icd10_medsynth_unseen``. An API endpoint where no server answers is recorded as
+``missing.json`` with the reason (the report shows it) and the other configs still run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +29,24 @@ import click
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint  # noqa: E402
-from icd10_coder.offline import subprocess_env  # noqa: E402
-from icd10_coder.paths import REPO_ROOT, make_private  # noqa: E402
+from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint, unreachable_reason  # noqa: E402
+from icd10_coder.offline import workspace_env  # noqa: E402
+from icd10_coder.paths import REPO_ROOT, display_path, make_private  # noqa: E402
+from icd10_coder.workspace import Workspace  # noqa: E402
 
 TASK = "icd10_medsynth"
+UNSEEN_TASK = "icd10_medsynth_unseen"
+UNSEEN_FILE = "test_unseen.jsonl"
 SECRET_KEYS = {"api_key", "auth_token", "token"}
+# Where each local backend takes the LoRA adapter.
+ADAPTER_KEY = {"hf": "peft", "vllm": "lora_local_path"}
+# Sequences per forward pass for the hf backend with a GPU recipe (the configs say 1, for CPU).
+GPU_HF_BATCH_SIZE = 16
+# vLLM pins its own torch and transformers, which axolotl's cannot share: it lives in its own
+# environment (`make vllm-env`), and configs with `model: vllm` run lm-eval from there.
+VLLM_PYTHON = Path(os.environ.get("ICD10_VLLM_PYTHON") or REPO_ROOT / ".venv-vllm" / "bin" / "python")
 RUN_CONFIG_NAME = "run_config.yml"
+MISSING_NAME = "missing.json"
 
 
 def _parse_value(text: str) -> Any:
@@ -36,29 +54,61 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text else text
 
 
-def recipe_model_args(recipe: Path) -> dict[str, Any]:
-    """The model a training recipe produced: its base model, its adapter folder, its precision."""
+def read_recipe(recipe: Path) -> dict[str, Any]:
     if not recipe.is_file():
         raise click.ClickException(f"{recipe}: no such recipe")
-    cfg = yaml.safe_load(recipe.read_text()) or {}
-    return {"pretrained": cfg["base_model"], "peft": cfg["output_dir"],
-            "dtype": "bfloat16" if cfg.get("bf16") in (True, "auto") else "float32"}
+    return yaml.safe_load(recipe.read_text()) or {}
+
+
+def is_gpu_recipe(cfg: dict[str, Any]) -> bool:
+    """A recipe with GPU-only precision or attention (the CPU recipe has neither)."""
+    return cfg.get("bf16") in (True, "auto") or cfg.get("fp16") is True or \
+        cfg.get("attn_implementation") == "flash_attention_2"
+
+
+def recipe_model_args(recipe: Path, workspace: Workspace | None = None, engine: str = "hf") -> dict[str, Any]:
+    """The model a training recipe produced, as ``engine``'s model_args: base model, adapter folder (in
+    the workspace), precision; for vLLM also the LoRA rank it must accept."""
+    cfg = read_recipe(recipe)
+    adapter = (workspace or Workspace.real()).map_display(cfg["output_dir"])
+    if engine == "vllm":
+        return {"pretrained": cfg["base_model"], "lora_local_path": adapter, "max_lora_rank": int(cfg["lora_r"]),
+                "dtype": "float16" if cfg.get("fp16") is True else "auto"}
+    dtype = "bfloat16" if cfg.get("bf16") in (True, "auto") else "float16" if cfg.get("fp16") is True else "float32"
+    return {"pretrained": cfg["base_model"], "peft": adapter, "dtype": dtype}
 
 
 def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, data_dir: Path | None,
-                allow_remote: bool, recipe: Path | None = None) -> dict[str, Any]:
-    """Read, override and check one run config; raise ClickException on anything unsafe."""
+                allow_remote: bool, recipe: Path | None = None, workspace: Workspace | None = None,
+                batch_size: str | None = None) -> dict[str, Any]:
+    """Read, override and check one run config; raise ClickException on anything unsafe.
+
+    An API endpoint where nothing listens is not an error: the config comes back with
+    ``_missing`` set to the reason, and :func:`main` records it instead of running it.
+    """
+    workspace = workspace or Workspace.real()
     if not path.is_file():
         raise click.ClickException(f"{path}: no such run config")
     config = yaml.safe_load(path.read_text()) or {}
     if TASK not in (config.get("tasks") or []):
         raise click.ClickException(f"{path}: expected tasks: [{TASK}]")
     model_args = dict(config.get("model_args") or {})
-    if recipe is not None and config.get("model", "hf") == "hf":
-        from_recipe = recipe_model_args(recipe)
-        if "peft" not in model_args:  # a baseline config: the recipe's base model, no adapter
-            from_recipe.pop("peft")
+    engine = config.get("model", "hf")
+    adapter_key = ADAPTER_KEY.get(engine)
+    if adapter_key and model_args.get(adapter_key):
+        model_args[adapter_key] = workspace.map_display(model_args[adapter_key])
+    if recipe is not None and adapter_key:
+        from_recipe = recipe_model_args(recipe, workspace, engine)
+        if adapter_key not in model_args:  # a baseline config: the recipe's base model, no adapter
+            from_recipe = {k: v for k, v in from_recipe.items() if k not in (adapter_key, "max_lora_rank")}
         model_args.update(from_recipe)
+        if engine == "hf" and is_gpu_recipe(read_recipe(recipe)) and batch_size is None:
+            config["batch_size"] = GPU_HF_BATCH_SIZE
+    if batch_size is not None:
+        config["batch_size"] = _parse_value(batch_size)
+    if engine == "vllm" and not VLLM_PYTHON.is_file():
+        raise click.ClickException(f"{path}: the vllm backend runs in its own environment, {display_path(VLLM_PYTHON)} "
+                                   "is missing: on a CUDA machine run `make vllm-env` (or use the hf configs)")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -75,39 +125,68 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
             click.echo(check_endpoint(model_args.get("base_url"), allow_remote=allow_remote))
         except EndpointError as err:
             raise click.ClickException(f"{path}: {err}") from err
-    peft = model_args.get("peft")
-    if peft and not (Path(peft) / "adapter_config.json").is_file():
-        raise click.ClickException(f"{path}: adapter {peft} not found (adapter_config.json missing); "
+        if API_MODELS[model]:
+            reason = unreachable_reason(model_args["base_url"])
+            if reason:
+                config["_missing"] = f"endpoint {model_args['base_url']} not reachable: {reason}"
+    adapter = model_args.get(adapter_key) if adapter_key else None
+    if adapter and not (REPO_ROOT / adapter / "adapter_config.json").is_file():
+        raise click.ClickException(f"{path}: adapter {adapter} not found (adapter_config.json missing); "
                                    "train first: make train")
     config["model_args"] = model_args
     if limit is not None:
         config["limit"] = limit
-    if data_dir is not None:
-        config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data_dir)}
+    data = (data_dir or workspace.prepared).resolve()
+    config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data)}
+    if (data / UNSEEN_FILE).is_file() and UNSEEN_TASK not in config["tasks"]:
+        config["tasks"] = [*config["tasks"], UNSEEN_TASK]
+    config["output_path"] = str(workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}"))
     if config.get("include_path") in (None, "tasks"):
-        config["include_path"] = str(REPO_ROOT / "tasks")  # found from any working directory
+        config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
     return config
 
 
-def run_one(path: Path, config: dict[str, Any]) -> None:
-    output = Path(config.get("output_path") or f"outputs/eval/{path.stem}")
+def record_missing(path: Path, config: dict[str, Any]) -> None:
+    """Leave ``missing.json`` where the results would be: the report names the approach missing, with why."""
+    output = Path(config["output_path"])
     output.mkdir(parents=True, exist_ok=True)
+    (output / MISSING_NAME).write_text(json.dumps({
+        "approach": path.stem, "reason": config["_missing"],
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+    click.secho(f"[{path.stem}] skipped: {config['_missing']}. Start the server and run "
+                f"`python tools/run_eval.py {path}` to add it.", fg="yellow", err=True)
+
+
+def run_one(path: Path, config: dict[str, Any], workspace: Workspace) -> None:
+    output = Path(config["output_path"])
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MISSING_NAME).unlink(missing_ok=True)
     (output / RUN_CONFIG_NAME).write_text(yaml.safe_dump({"approach": path.stem, "source_config": str(path),
-                                                          **config}, sort_keys=False))
+                                                          **portable(config)}, sort_keys=False))
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
     started = time.perf_counter()
     try:
-        command = [sys.executable, "-m", "lm_eval", "run", "--config", handle.name]
-        click.echo(f"[{path.stem}] {' '.join(command[2:])}  (model: {config.get('model')}, "
-                   f"{config['model_args'].get('pretrained') or config['model_args'].get('model')})")
-        result = subprocess.run(command, env=subprocess_env(), check=False)
+        python = str(VLLM_PYTHON) if config.get("model") == "vllm" else sys.executable
+        command = [python, "-m", "lm_eval", "run", "--config", handle.name]
+        click.echo(f"[{path.stem}] lm_eval run --config {path}  (model: {config.get('model')}, "
+                   f"{config['model_args'].get('pretrained') or config['model_args'].get('model')}; "
+                   f"tasks: {', '.join(config['tasks'])}; workspace: {workspace.name})")
+        result = subprocess.run(command, cwd=REPO_ROOT, env=workspace_env(workspace), check=False)
     finally:
         os.unlink(handle.name)
     make_private(output)  # results and sample logs quote dialogues
     if result.returncode != 0:
         raise click.ClickException(f"[{path.stem}] lm_eval failed with exit code {result.returncode}")
-    click.echo(f"[{path.stem}] done in {time.perf_counter() - started:.0f} s -> {output}")
+    click.echo(f"[{path.stem}] done in {time.perf_counter() - started:.0f} s -> {display_path(output)}")
+
+
+def portable(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config as recorded beside the results: paths relative to the checkout."""
+    model_args = {key: display_path(value) if isinstance(value, str) and value.startswith("/") else value
+                  for key, value in config["model_args"].items()}
+    return {**config, "model_args": model_args, "output_path": display_path(config["output_path"]),
+            "metadata": {**config["metadata"], "data_dir": display_path(config["metadata"]["data_dir"])}}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -115,20 +194,33 @@ def run_one(path: Path, config: dict[str, Any]) -> None:
 @click.option("--limit", type=float, default=None, help="Evaluate only the first N test rows (trials).")
 @click.option("--model-arg", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one model_args entry, e.g. base_url=... or peft=... (repeatable).")
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Workspace whose prepared data, adapters and eval/ folder are used. Default: $ICD10_WORKSPACE, "
+                   "else the checkout (the real run).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Prepared folder to evaluate on (default: data/prepared).")
+              help="Prepared folder to evaluate on. Default: the workspace's (data/prepared).")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Training recipe whose base_model (and output_dir as adapter) the hf configs evaluate, "
                    "e.g. recipes/qlora.yml. Default: the model_args written in each config (the CPU demo).")
+@click.option("--batch-size", default=None, metavar="N|auto",
+              help="Override the configs' batch_size (default: theirs; 16 for the hf backend with a GPU recipe).")
 @click.option("--allow-remote-endpoint", is_flag=True,
               help="Allow an API endpoint outside loopback/private networks (dialogues leave your network!).")
-def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, ...], data_dir: Path | None,
-         recipe: Path | None, allow_remote_endpoint: bool) -> None:
-    """Evaluate each approach config with lm-eval's icd10_medsynth task; results go to its output_path."""
-    checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint, recipe))
-               for path in configs]
+def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, ...], workspace: str | None,
+         data_dir: Path | None, recipe: Path | None, batch_size: str | None, allow_remote_endpoint: bool) -> None:
+    """Evaluate each approach config with lm-eval's icd10_medsynth task; results go to the workspace's eval/."""
+    try:
+        space = Workspace.at(workspace)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint, recipe, space,
+                                  batch_size)) for path in configs]
+    os.umask(0o077)  # results and sample logs quote dialogues: owner-only from the start
     for path, config in checked:
-        run_one(path, config)
+        if config.get("_missing"):
+            record_missing(path, config)
+        else:
+            run_one(path, config, space)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,30 @@ from pathlib import Path
 import datasets
 
 from icd10_coder.parsing import extract_codes
-from icd10_coder.paths import PREPARED
 from icd10_coder.scoring import score_codes
+from icd10_coder.workspace import Workspace
 
 CODE_SEPARATOR = ", "
 
 
-def load_prepared(data_dir: str | None = None, **_: object) -> datasets.DatasetDict:
-    """The prepared test split: ``data_dir`` from --metadata, else $ICD10_DATA_DIR, else data/prepared."""
-    folder = Path(data_dir or os.environ.get("ICD10_DATA_DIR") or PREPARED)
-    path = folder / "test.jsonl"
+def _load_split(file_name: str, data_dir: str | None) -> datasets.DatasetDict:
+    folder = Path(data_dir or os.environ.get("ICD10_DATA_DIR") or Workspace.at().prepared)
+    path = folder / file_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make prepare` first (or point data_dir elsewhere)")
     # Built in memory: no copy of the dialogues lands in the datasets cache (~/.cache).
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def load_prepared(data_dir: str | None = None, **_: object) -> datasets.DatasetDict:
+    """The prepared test split: ``data_dir`` from --metadata, else $ICD10_DATA_DIR, else the workspace's."""
+    return _load_split("test.jsonl", data_dir)
+
+
+def load_prepared_unseen(data_dir: str | None = None, **_: object) -> datasets.DatasetDict:
+    """The test split of codes never trained on (``prepare --unseen-codes``)."""
+    return _load_split("test_unseen.jsonl", data_dir)
 
 
 def parse_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:

@@ -53,3 +53,14 @@ def check_endpoint(base_url: str | None, allow_remote: bool = False) -> str:
         )
     where = "REMOTE (explicitly allowed)" if remote else "local/private"
     return f"endpoint {parsed.scheme}://{parsed.hostname}:{parsed.port or ''} is {where}"
+
+
+def unreachable_reason(base_url: str, timeout_s: float = 3.0) -> str | None:
+    """Why nothing answers at ``base_url`` (one TCP connect, nothing sent), or None when something listens."""
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"no server answers at {parsed.hostname}:{port} ({err.strerror or type(err).__name__})"

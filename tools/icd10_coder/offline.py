@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from icd10_coder.paths import OFFLINE_ENV_FILE
+from icd10_coder.paths import OFFLINE_ENV_FILE, private_folder
+
+if TYPE_CHECKING:
+    from icd10_coder.workspace import Workspace
 
 # Set on top of the telemetry defaults where nothing may touch the network at all
 # (demo, tests, predict): models and data must come from local files.
@@ -40,3 +44,19 @@ def subprocess_env(base: Mapping[str, str] | None = None, hub_offline: bool = Fa
 def apply_offline_env(hub_offline: bool = False) -> None:
     """Fill this process's environment with the defaults (call before importing ML libraries)."""
     os.environ.update(subprocess_env(hub_offline=hub_offline))
+
+
+def workspace_env(workspace: Workspace, hub_offline: bool = False) -> dict[str, str]:
+    """:func:`subprocess_env` for a command that runs in ``workspace``.
+
+    The child reads and writes that workspace (tools see $ICD10_WORKSPACE), logs to its
+    MLflow store, and the Hugging Face datasets cache (where axolotl copies every dialogue
+    it loads) is an owner-only folder inside it instead of ~/.cache.
+    """
+    from icd10_coder.workspace import WORKSPACE_ENV
+
+    env = subprocess_env(hub_offline=hub_offline)
+    env[WORKSPACE_ENV] = str(workspace.root)
+    env["MLFLOW_TRACKING_URI"] = workspace.tracking_uri()
+    env["HF_DATASETS_CACHE"] = str(private_folder(workspace.datasets_cache))
+    return env

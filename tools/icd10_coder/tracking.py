@@ -1,43 +1,30 @@
-"""MLflow location: a local SQLite store under outputs/ unless MLFLOW_TRACKING_URI says otherwise."""
+"""MLflow, locally: each workspace has a SQLite store with its artifacts beside it.
+
+MLflow gives an experiment the artifact location it has when the experiment is
+*created*; created by axolotl's callback it would be ``./mlruns`` under whatever folder
+training was launched from. So every tool that may come first (prepare, train, report)
+creates the experiment itself, with the artifact folder beside the store.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from icd10_coder.paths import private_folder
+from icd10_coder.workspace import SQLITE, Workspace
 
-from icd10_coder.offline import telemetry_defaults
-from icd10_coder.paths import OUTPUTS, REPO_ROOT
-
-SQLITE = "sqlite:///"
+EXPERIMENT = "icd10-medsynth"
 
 
-def tracking_uri() -> str:
-    """The configured URI, with a relative SQLite path anchored at the repository root.
-
-    axolotl recipes say ``sqlite:///outputs/mlflow.db`` (relative to where you launch, the
-    repository root); tools resolve it the same way wherever they are started from.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or telemetry_defaults()["MLFLOW_TRACKING_URI"]
-    if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
-        return f"{SQLITE}{REPO_ROOT / uri[len(SQLITE):]}"
-    return uri
-
-
-def artifact_root() -> Path:
-    """Artifacts live beside a SQLite store (outputs/mlflow-artifacts by default)."""
-    uri = tracking_uri()
-    store_dir = Path(uri[len(SQLITE):]).parent if uri.startswith(SQLITE) else OUTPUTS
-    return store_dir / "mlflow-artifacts"
-
-
-def use_experiment(name: str) -> str:
-    """Select (creating if needed) the experiment; new ones keep artifacts beside the store."""
+def use_experiment(workspace: Workspace, name: str = EXPERIMENT) -> str:
+    """Point MLflow at the workspace's store and select (creating if needed) the experiment."""
     import mlflow
 
+    uri = workspace.tracking_uri()
+    if uri.startswith(SQLITE):
+        private_folder(workspace.outputs)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        root = artifact_root()
-        root.mkdir(parents=True, exist_ok=True)
+        root = private_folder(workspace.artifact_root)
         experiment_id = mlflow.create_experiment(name, artifact_location=root.as_uri())
     else:
         experiment_id = experiment.experiment_id
