@@ -33,7 +33,7 @@ export ICD10_WORKSPACE := $(WORKSPACE)
 DEMO_WORKSPACE ?= outputs/demo
 PREPARE_ARGS ?=
 RECIPE ?= recipes/demo-cpu.yml
-EVAL_CONFIGS ?= recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
+EVAL_CONFIGS ?= recipes/eval/retrieval.yml recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
 # The recipe of `make full` / `make baseline`; extra arguments for training (axolotl
 # --key=value overrides, e.g. TRAIN_ARGS=--max_steps=5) and evaluation (e.g. EVAL_ARGS="--limit 20").
 FULL_RECIPE ?= recipes/qlora.yml
@@ -49,7 +49,8 @@ $(foreach kv,$(OFFLINE_ENV),$(eval export $(firstword $(subst =, ,$(kv)))))
 # Targets that must never touch the network add HUB_OFFLINE.
 HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench gpu-check clean print-env
+.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real gpu-check \
+	clean print-env
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -108,19 +109,22 @@ demo: setup ## The whole comparison offline on embedded defaults, in outputs/dem
 # Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.
 baseline: setup ## Real run, no training: both baselines on MedSynth (GPU + hub)
 	$(MAKE) prepare
-	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/baseline-llm.yml \
-		recipes/eval/baseline-slm.yml
+	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/retrieval.yml \
+		recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml
 	$(MAKE) report
 
 full: setup ## Real run: prepare -> recipes/qlora.yml -> all three evaluations -> report (GPU + hub)
 	$(MAKE) prepare
 	$(MAKE) train RECIPE=$(FULL_RECIPE)
-	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/baseline-llm.yml \
-		recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
+	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/retrieval.yml \
+		recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
 	$(MAKE) report
 
 bench: setup ## Benchmarks -> outputs/bench/bench.json
 	$(HUB_OFFLINE) $(PY) tools/bench.py
+
+experiment-real: setup ## Real-data experiment on the shared MedSynth sample, unseen codes (~1 h on 2 CPU cores)
+	$(HUB_OFFLINE) $(PY) tools/experiment_real.py
 
 gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs/bench/gpu.json (<= 10 min)
 	$(HUB_OFFLINE) $(PY) tools/gpu_check.py
@@ -129,5 +133,6 @@ print-env: ## Show the privacy environment every target runs with
 	@env | grep -E "^($$(grep -oE '^[A-Z_]+' tools/offline.env | paste -sd'|'))=" | sort
 
 clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv and the embedded model
-	rm -rf data/prepared outputs/adapters outputs/axolotl-cache outputs/datasets-cache outputs/eval outputs/report \
-		outputs/bench outputs/mlflow.db outputs/mlflow-artifacts outputs/demo outputs/gpu-check mlruns
+	rm -rf data/prepared data/prepared-shortlist outputs/adapters outputs/axolotl-cache outputs/datasets-cache \
+		outputs/retrieval-cache outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts \
+		outputs/demo outputs/experiment-real outputs/gpu-check mlruns

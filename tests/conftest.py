@@ -46,9 +46,12 @@ def medsynth_sample() -> Path:
     return MEDSYNTH_SAMPLE
 
 
-def prepare_demo(out: Path) -> Path:
-    """Run `tools/prepare.py --demo` into ``out`` (no token lengths: fast) and return ``out``."""
-    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out", str(out)],
+def prepare_demo(out: Path, *extra: str) -> Path:
+    """Run `tools/prepare.py --demo` into ``out`` (no token lengths: fast) and return ``out``.
+
+    Its workspace (retrieval cache, MLflow) is a throw-away folder beside ``out``."""
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out", str(out),
+                    "--workspace", str(out.parent / f"{out.name}-workspace"), *extra],
                    check=True, capture_output=True, env=subprocess_env(hub_offline=True))
     return out
 

@@ -122,10 +122,14 @@ def test_demo_leaves_the_real_run_and_git_alone(demo_run):
     assert not (REPO / "mlruns").exists()
 
 
-def test_report_has_all_three_approaches_with_every_metric(demo_run, workspace):
+SHOWN = ("retrieval", "baseline-llm", "baseline-slm", "finetuned-slm", "baseline-llm-shortlist",
+         "baseline-slm-shortlist", "finetuned-slm-shortlist")
+
+
+def test_report_has_every_approach_with_and_without_shortlist_and_every_metric(demo_run, workspace):
     approaches = summary(workspace)["approaches"]
-    assert set(approaches) >= {"baseline-llm", "baseline-slm", "finetuned-slm"}
-    for name in ("baseline-llm", "baseline-slm", "finetuned-slm"):
+    assert set(approaches) == set(SHOWN)
+    for name in SHOWN:
         info = approaches[name]
         assert info["status"] == "present" and info["n"] >= 5
         for metric in METRICS:
@@ -134,6 +138,10 @@ def test_report_has_all_three_approaches_with_every_metric(demo_run, workspace):
     assert summary(workspace)["data_card_sha256"] and summary(workspace)["paired_tests"]
     report = (workspace / "report" / "report.md").read_text()
     assert "Finetuned SLM" in report and "McNemar" in report and "p (Holm)" in report
+    for label in ("Retrieval (no model)", "Finetuned SLM + shortlist", "Baseline SLM + shortlist"):
+        assert f"| {label} |" in report
+    card = json.loads((workspace / "prepared-shortlist" / "data_card.json").read_text())
+    assert card["shortlist"]["k"] == 10 and set(card["shortlist"]["recall_at_k"]) >= {"train", "val", "test"}
 
 
 def test_finetuned_beats_baseline_on_exact_match(demo_run, workspace):
@@ -161,8 +169,8 @@ def mlflow_runs(workspace: Path):
 def test_training_loss_went_down_and_mlflow_holds_every_run(demo_run, workspace):
     client, experiment, runs = mlflow_runs(workspace)
     names = [r.info.run_name for r in runs]
-    assert "train-demo-cpu" in names
-    for approach in ("baseline-llm", "baseline-slm", "finetuned-slm"):
+    assert "train-demo-cpu" in names and "train-demo-cpu-shortlist" in names
+    for approach in SHOWN:
         assert f"eval-{approach}" in names
     train = next(r for r in runs if r.info.run_name == "train-demo-cpu")
     losses = [m.value for m in sorted(client.get_metric_history(train.info.run_id, "train/loss")
@@ -192,6 +200,13 @@ def test_no_absolute_machine_paths_in_reports_summaries_or_mlflow_params(demo_ru
     for name, text in texts.items():
         for prefix in machine_paths:
             assert prefix not in text, (name, prefix, text[max(0, text.find(prefix) - 200):text.find(prefix) + 200])
+
+
+def test_adapters_record_the_prompts_they_were_trained_on(demo_run, workspace):
+    plain = json.loads((workspace / "adapters" / "demo-cpu" / "icd10_prompt.json").read_text())
+    shortlist = json.loads((workspace / "adapters" / "demo-cpu-shortlist" / "icd10_prompt.json").read_text())
+    assert plain["prompt_variant"] == "plain" and shortlist["prompt_variant"] == "shortlist"
+    assert shortlist["shortlist_k"] == 10 and shortlist["prepared_data"].endswith("prepared-shortlist")
 
 
 def test_finetuned_eval_loaded_the_adapter_and_logs_parsed_codes(demo_run, workspace):

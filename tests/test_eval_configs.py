@@ -17,7 +17,7 @@ SHARED = ("tasks", "include_path", "apply_chat_template", "log_samples", "gen_kw
 
 
 def test_three_approaches_share_task_prompt_and_generation():
-    assert set(CONFIGS) == {"baseline-llm", "baseline-slm", "finetuned-slm", "baseline-slm-vllm",
+    assert set(CONFIGS) == {"retrieval", "baseline-llm", "baseline-slm", "finetuned-slm", "baseline-slm-vllm",
                             "finetuned-slm-vllm"}
     loaded = {name: yaml.safe_load(path.read_text()) for name, path in CONFIGS.items()}
     for key in SHARED:

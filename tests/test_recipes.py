@@ -98,7 +98,7 @@ def test_gpu_recipe_is_qlora_with_the_promised_settings():
     assert gpu["mlflow_tracking_uri"].startswith("sqlite:///outputs/")
 
 
-@pytest.mark.parametrize("name", ["qlora.yml", "qlora-multigpu.yml"])
+@pytest.mark.parametrize("name", ["qlora.yml", "qlora-multigpu.yml", "qlora-shortlist.yml"])
 def test_gpu_recipes_pass_axolotl_validation(name):
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
@@ -118,13 +118,29 @@ def test_gpu_recipe_validation_would_catch_a_bad_key():
                         env_capabilities={"torch_version": "2.13.0"})
 
 
-def test_cpu_recipe_passes_axolotl_load_cfg(embedded_model, monkeypatch):
-    """The full loader axolotl's CLI uses, on this (GPU-less) machine."""
+@pytest.mark.parametrize("name", ["demo-cpu.yml", "demo-cpu-shortlist.yml"])
+def test_cpu_recipes_pass_axolotl_load_cfg(name, embedded_model, monkeypatch, tmp_path):
+    """The full loader axolotl's CLI uses, on this (GPU-less) machine, on a workspace copy of the
+    recipe: load_cfg writes a debug.log into output_dir, which must not be the real run's."""
     from axolotl.cli.config import load_cfg
 
+    import train
+
     monkeypatch.chdir(REPO)
-    cfg = load_cfg(str(RECIPES / "demo-cpu.yml"))
+    copy = train.resolve_recipe(RECIPES / name, Workspace.at(tmp_path / "ws"))
+    cfg = load_cfg(str(copy))
     assert cfg.adapter == "lora" and not cfg.bf16 and not cfg.fp16
+    assert not (REPO / recipe(name)["output_dir"]).exists() or \
+        not (REPO / recipe(name)["output_dir"] / "debug.log").exists()
+
+
+def test_shortlist_recipes_differ_from_their_base_only_in_data_and_outputs():
+    allowed = {"datasets", "test_datasets", "sequence_len", "output_dir", "dataset_prepared_path", "mlflow_run_name"}
+    for base, shortlist in (("qlora.yml", "qlora-shortlist.yml"), ("demo-cpu.yml", "demo-cpu-shortlist.yml")):
+        drift = differing_keys(recipe(base), recipe(shortlist))
+        assert drift <= allowed, drift
+        assert {d["path"] for d in recipe(shortlist)["datasets"]} == {"data/prepared-shortlist/train.jsonl"}
+        assert recipe(shortlist)["output_dir"] != recipe(base)["output_dir"]
 
 
 def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model):

@@ -26,6 +26,12 @@ def demo_data(tmp_path_factory) -> Path:
     return prepare_demo(tmp_path_factory.mktemp("prepared"))
 
 
+@pytest.fixture(scope="module")
+def shortlist_data(tmp_path_factory) -> Path:
+    """Demo data whose prompts carry a top-5 retrieval shortlist."""
+    return prepare_demo(tmp_path_factory.mktemp("prepared-shortlist"), "--shortlist", "5")
+
+
 def first_test_row(data: Path) -> dict:
     return json.loads((data / "test.jsonl").read_text().splitlines()[0])
 
@@ -72,13 +78,17 @@ class CaptureChatServer:
         self.server.shutdown()
 
 
-def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(demo_data):
+@pytest.mark.parametrize("variant", ["plain", "shortlist"])
+def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, demo_data, shortlist_data):
     """(a) axolotl training record, (b) the lm-eval task's chat context, (c) the API request body."""
     import lm_eval
 
+    demo_data = shortlist_data if variant == "shortlist" else demo_data
     row = first_test_row(demo_data)
-    example = prepare.Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable")
+    example = prepare.Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable",
+                              candidates=tuple(row["candidates"]))
     training = prepare.training_record(example)["messages"]
+    assert ("Candidate codes" in row["user"]) == (variant == "shortlist") and len(row["candidates"]) in (0, 5)
 
     task = task_manager(demo_data).load_task_or_group(["icd10_medsynth"])
     task = task["icd10_medsynth"] if "icd10_medsynth" in task else next(iter(task.values()))

@@ -151,7 +151,7 @@ def test_report_shows_unseen_codes_as_their_own_table_without_machine_paths(tmp_
     result = CliRunner().invoke(report.main, ["--workspace", str(space.root), "--no-mlflow"])
     assert result.exit_code == 0, result.output
     summary = json.loads((space.report_dir / "summary.json").read_text())
-    assert set(summary["unseen"]["approaches"]) == {"baseline-llm", "baseline-slm", "finetuned-slm"}
+    assert set(summary["unseen"]["approaches"]) == {"retrieval", "baseline-llm", "baseline-slm", "finetuned-slm"}
     assert summary["unseen"]["approaches"]["finetuned-slm"]["n"] == 3
     assert summary["approaches"]["finetuned-slm"]["model"] == "outputs/models/m"  # relative to the checkout
     md = (space.report_dir / "report.md").read_text()

@@ -5,7 +5,9 @@
    token lengths (the MedSynth sample when present, and the prepared data);
 3. training: tokens/s and peak memory of N steps of the CPU recipe, LoRA vs QLoRA, same run;
 4. evaluation: samples/s of icd10_medsynth with the hf backend, batch size 1 vs 8; scoring cost;
-5. predict: valid-code rate and dialogues/s with and without constrained decoding.
+5. predict: valid-code rate and dialogues/s with and without constrained decoding;
+6. retrieval: recall@1/5/10/20/50 (code and category) of each part of the shortlist retriever
+   on the real MedSynth sample, and index fit + shortlist time for 10,000 dialogues.
 
 A script, not a test: figures depend on the machine, and every figure says which machine.
 """
@@ -296,6 +298,59 @@ def bench_predict(work: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- output
 
 
+# ---------------------------------------------------------------- 6. retrieval
+
+RETRIEVAL_VARIANTS = {
+    "descriptions, word 1-2-grams (the brief's baseline)": {"views": ("description",), "ngram_max": 2,
+                                                            "neighbours": 0},
+    "descriptions, 1-3-grams": {"views": ("description",), "neighbours": 0},
+    "descriptions + inclusion terms + ancestors, 1-3-grams": {"views": ("full",), "neighbours": 0},
+    "both fused (default, no training dialogues)": {"neighbours": 0},
+    "both fused + nearest training dialogues (leave-one-out)": {},
+}
+
+
+def bench_retrieval(rows: int, repeats: int = 3) -> dict[str, Any]:
+    """Which parts of the retriever help on real dialogues, and what a 10,000-row shortlist costs."""
+    from icd10_coder.codes import normalize_code
+    from icd10_coder.dialogue import clean_dialogue
+    from icd10_coder.retrieval import RetrievalSettings, Retriever, recall_at
+
+    result: dict[str, Any] = {}
+    if MEDSYNTH_SAMPLE.is_file():
+        sample = [json.loads(line) for line in MEDSYNTH_SAMPLE.read_text().splitlines() if line.strip()]
+        dialogues = [clean_dialogue(r["Dialogue"]) for r in sample]
+        gold = [normalize_code(r["ICD10"]) for r in sample]
+        variants = {}
+        for name, knobs in RETRIEVAL_VARIANTS.items():
+            settings = RetrievalSettings(**knobs)
+            # The sample has one row per code: a dialogue's neighbours never share its code (by design of
+            # the sample, not of MedSynth, which has ~5 rows per code).
+            pairs = list(zip(dialogues, gold, strict=True)) if settings.neighbours else None
+            retriever = Retriever.fit(settings, pairs)
+            ranked = retriever.shortlist(dialogues, 50, exclude_self=list(range(len(dialogues))))
+            variants[name] = recall_at([[c for c, _ in r] for r in ranked], gold)
+        result["medsynth_sample"] = {"rows": len(sample), "variants": variants,
+                                     "note": "one row per code: nearest neighbours cannot hold the gold code"}
+    synthetic = synthetic_rows(rows)
+    texts = [r["Dialogue"] for r in synthetic]
+    train = [(r["Dialogue"], normalize_code(r["ICD10"])) for r in synthetic[: int(rows * 0.8)]]
+    fits, queries = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        retriever = Retriever.fit(RetrievalSettings(), train)
+        fits.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for first in range(0, len(texts), 256):
+            retriever.shortlist(texts[first:first + 256], 10)
+        queries.append(time.perf_counter() - started)
+    result["scale"] = {"dialogues": rows, "train_dialogues": len(train), "repeats": repeats,
+                       "fit_s_median": round(sorted(fits)[len(fits) // 2], 1),
+                       "shortlist_s_median": round(sorted(queries)[len(queries) // 2], 1),
+                       "ms_per_dialogue": round(sorted(queries)[len(queries) // 2] / rows * 1000, 2)}
+    return result
+
+
 def markdown(bench: dict[str, Any]) -> str:
     hw = bench["hardware"]
     lines = [f"# Benchmarks ({bench['generated_at']})", "",
@@ -334,10 +389,22 @@ def markdown(bench: dict[str, Any]) -> str:
                              f"{free['valid_code_rate']} unconstrained vs **{constrained['valid_code_rate']} "
                              f"constrained**; exact {free['exact_match']} vs {constrained['exact_match']}; "
                              f"{free['dialogues_per_s']} vs {constrained['dialogues_per_s']} dialogues/s")
+    if "retrieval" in bench:
+        r = bench["retrieval"]
+        if "medsynth_sample" in r:
+            lines += ["", f"Retrieval on the real MedSynth sample ({r['medsynth_sample']['rows']} rows), recall@k of "
+                      "the gold code (category in brackets):", "",
+                      "| retriever | @1 | @5 | @10 | @20 | @50 |", "| --- | --- | --- | --- | --- | --- |"]
+            for name, v in r["medsynth_sample"]["variants"].items():
+                lines.append(f"| {name} | " + " | ".join(f"{v['code'][k]:.3f} ({v['category'][k]:.3f})"
+                                                        for k in v["code"]) + " |")
+        sc = r["scale"]
+        lines += ["", f"- retrieval index fit {sc['fit_s_median']} s, shortlist of {sc['dialogues']} dialogues "
+                  f"{sc['shortlist_s_median']} s ({sc['ms_per_dialogue']} ms each; medians of {sc['repeats']})"]
     return "\n".join(lines) + "\n"
 
 
-STAGES = ("prepare", "tokens", "training", "evaluation", "predict")
+STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -359,7 +426,8 @@ def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], ou
         work = Path(tmp)
         runners = {"prepare": lambda: bench_prepare(rows, work), "tokens": lambda: bench_tokens(work, 4),
                    "training": lambda: bench_training(work, train_steps),
-                   "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work)}
+                   "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work),
+                   "retrieval": lambda: bench_retrieval(rows)}
         for stage in STAGES:
             if stage not in stages:
                 continue

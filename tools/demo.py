@@ -1,10 +1,13 @@
-"""The whole three-way comparison, offline, on embedded defaults (``make demo``).
+"""The whole comparison, offline, on embedded defaults (``make demo``).
 
-prepare --demo -> axolotl training of recipes/demo-cpu.yml -> lm-eval of the Baseline SLM
-and the Finetuned SLM -> Baseline LLM through a real OpenAI-compatible server on
-127.0.0.1 (``transformers serve`` with the embedded model standing in for the large
-model) -> report. Each stage is the same command a user would type; this script only
-chains them, serves the local endpoint and records how long each stage took.
+prepare --demo (plain prompts, and prompts with the top-10 retrieval shortlist) -> axolotl
+training of recipes/demo-cpu.yml and recipes/demo-cpu-shortlist.yml -> lm-eval of Retrieval
+(no model), the Baseline SLM and the Finetuned SLM, each SLM with and without the shortlist
+-> the Baseline LLM through a real OpenAI-compatible server on 127.0.0.1 (``transformers
+serve`` with the embedded model standing in for the large model), with and without the
+shortlist -> report. Each stage is the same command a user would type; this script only
+chains them, serves the local endpoint and records how long each stage took. To stay
+within ~15 minutes on 2 cores, the shortlist leg trains one epoch instead of the recipe's two.
 
 Everything happens in the demo's own workspace (default ``outputs/demo/``): the real
 run's ``data/prepared/``, ``outputs/adapters/``, ``outputs/eval/``, ``outputs/report/``
@@ -32,6 +35,9 @@ from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
 RECIPE = "recipes/demo-cpu.yml"
+SHORTLIST_RECIPE = "recipes/demo-cpu-shortlist.yml"
+SHORTLIST_K = 10
+SLM_CONFIGS = ["recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"]
 TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
 
@@ -111,18 +117,25 @@ def main(workspace: str, skip_llm: bool) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
     run("prepare", [python, "tools/prepare.py", "--demo", *ws], timings, space)
-    run("train", [python, "tools/train.py", RECIPE, *ws], timings, space)
-    run("eval baseline-slm + finetuned-slm",
-        [python, "tools/run_eval.py", *ws, "recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"],
+    run("prepare with shortlist", [python, "tools/prepare.py", "--demo", "--shortlist", str(SHORTLIST_K), *ws],
         timings, space)
+    run("train", [python, "tools/train.py", RECIPE, *ws], timings, space)
+    run("train with shortlist (1 epoch)", [python, "tools/train.py", SHORTLIST_RECIPE, *ws, "--num_epochs=1"],
+        timings, space)
+    run("eval retrieval + baseline-slm + finetuned-slm",
+        [python, "tools/run_eval.py", *ws, "recipes/eval/retrieval.yml", *SLM_CONFIGS], timings, space)
+    run("eval with shortlist: baseline-slm + finetuned-slm",
+        [python, "tools/run_eval.py", *ws, "--shortlist", "--recipe", SHORTLIST_RECIPE, *SLM_CONFIGS], timings, space)
     if not skip_llm:
         llm_started = time.perf_counter()
         with local_openai_server(EMBEDDED_MODEL, space) as url:
             timings["llm server start"] = round(time.perf_counter() - llm_started, 1)
-            run("eval baseline-llm (local OpenAI-compatible server)",
-                [python, "tools/run_eval.py", *ws, "recipes/eval/baseline-llm.yml",
-                 "--model-arg", f"base_url={url}", "--model-arg", f"model={EMBEDDED_MODEL}",
-                 "--model-arg", "num_concurrent=1"], timings, space)
+            llm = ["recipes/eval/baseline-llm.yml", "--model-arg", f"base_url={url}", "--model-arg",
+                   f"model={EMBEDDED_MODEL}", "--model-arg", "num_concurrent=1"]
+            run("eval baseline-llm (local OpenAI-compatible server)", [python, "tools/run_eval.py", *ws, *llm],
+                timings, space)
+            run("eval baseline-llm with shortlist", [python, "tools/run_eval.py", *ws, "--shortlist", *llm],
+                timings, space)
     run("report", [python, "tools/report.py", *ws], timings, space)
     timings["total"] = round(time.perf_counter() - started, 1)
     (space.report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")

@@ -24,8 +24,10 @@ import click
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.codes import description  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, display_path  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
+from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
 # What `make demo` trains; a real run's adapter is passed explicitly (outputs/adapters/qlora).
@@ -70,14 +72,43 @@ def rank_codes(answers: list[str], top_k: int) -> dict[str, Any]:
     }
 
 
-def prompt_messages(dialogue: str) -> list[dict[str, str]]:
+def prompt_messages(dialogue: str, candidates: list[str] | None = None) -> list[dict[str, str]]:
     from icd10_coder.dialogue import clean_dialogue
     from icd10_coder.prompts import chat_messages
 
     cleaned = clean_dialogue(dialogue)
     if not cleaned:
         raise click.ClickException("the dialogue is empty")
-    return chat_messages(cleaned)
+    return chat_messages(cleaned, candidates=candidates)
+
+
+class Shortlister:
+    """The retrieval shortlist an adapter was trained with, for the same prompts at prediction time."""
+
+    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path):
+        from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
+
+        pairs = read_training_pairs(train_jsonl) if train_jsonl and train_jsonl.is_file() else None
+        self.k = k
+        self.retriever = load_or_fit(cache_dir, RetrievalSettings(), pairs)
+
+    def __call__(self, dialogues: list[str]) -> list[list[tuple[str, float]]]:
+        from icd10_coder.dialogue import clean_dialogue
+
+        return self.retriever.shortlist([clean_dialogue(d) for d in dialogues], self.k)
+
+
+def prompt_variant(adapter: Path | None, shortlist: bool | None) -> tuple[dict[str, Any], bool]:
+    """The adapter's recorded prompt variant, and whether to use the shortlist; a contradiction is an error."""
+    record_file = adapter / PROMPT_RECORD if adapter else None
+    record = json.loads(record_file.read_text()) if record_file and record_file.is_file() else {}
+    trained_with = record.get("prompt_variant")
+    if trained_with and shortlist is not None and shortlist != (trained_with == "shortlist"):
+        wanted = "with" if shortlist else "without"
+        raise click.ClickException(f"adapter {adapter} was trained on {trained_with} prompts ({record_file.name}); "
+                                   f"prompting it {wanted} the shortlist would not match its training. Drop "
+                                   f"--{'' if shortlist else 'no-'}shortlist.")
+    return record, trained_with == "shortlist" if shortlist is None else shortlist
 
 
 class Predictor:
@@ -107,11 +138,14 @@ class Predictor:
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
         return self.predict_batch([dialogue], top_k)[0]
 
-    def predict_batch(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
+    def predict_batch(self, dialogues: list[str], top_k: int,
+                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
         """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes."""
         import torch
 
-        inputs = self.tokenizer.apply_chat_template([prompt_messages(d) for d in dialogues],
+        shortlists = candidates or [None] * len(dialogues)
+        inputs = self.tokenizer.apply_chat_template([prompt_messages(d, c) for d, c in zip(dialogues, shortlists,
+                                                                                            strict=True)],
                                                     add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True, padding=True).to(self.device)
         prompt_length = inputs["input_ids"].shape[1]
@@ -142,9 +176,11 @@ class VllmPredictor:
         self.params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
 
-    def predict_batch(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
-        outputs = self.llm.chat([prompt_messages(d) for d in dialogues], self.params, lora_request=self.lora,
-                                use_tqdm=False)
+    def predict_batch(self, dialogues: list[str], top_k: int,
+                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
+        shortlists = candidates or [None] * len(dialogues)
+        outputs = self.llm.chat([prompt_messages(d, c) for d, c in zip(dialogues, shortlists, strict=True)],
+                                self.params, lora_request=self.lora, use_tqdm=False)
         return [rank_codes([output.outputs[0].text.strip()], top_k) for output in outputs]
 
 
@@ -204,8 +240,16 @@ def human(result: dict[str, Any]) -> str:
               help="Dialogues per generate call for JSONL input. Default: 8 on a GPU, 1 on the CPU.")
 @click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
               help="vllm: large batches on a GPU (greedy answers and their alternatives; no --constrain).")
+@click.option("--shortlist/--no-shortlist", default=None,
+              help="Put the retrieval shortlist in the prompt. Default: as the adapter was trained "
+                   f"({PROMPT_RECORD} in its folder); a contradiction is refused.")
+@click.option("--shortlist-k", type=click.IntRange(1, 50), default=None,
+              help="Candidates in the shortlist. Default: the adapter's, else 10.")
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Workspace for the retrieval index cache. Default: $ICD10_WORKSPACE, else the checkout.")
 def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json: bool, constrain: bool,
-         device: str, batch_size: int | None, engine: str) -> None:
+         device: str, batch_size: int | None, engine: str, shortlist: bool | None, shortlist_k: int | None,
+         workspace: str | None) -> None:
     """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
     apply_offline_env(hub_offline=True)
     dialogues, batch = read_dialogues(source)
@@ -220,6 +264,13 @@ def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json:
     looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
     if looks_local and not (Path(base_model) / "config.json").is_file():
         raise click.ClickException(f"base model {base_model}: not found (no config.json); run `make setup`")
+    record, use_shortlist = prompt_variant(adapter_path, shortlist)
+    shortlister = None
+    if use_shortlist:
+        prepared = REPO_ROOT / record["prepared_data"] if record.get("prepared_data") else None
+        shortlister = Shortlister(shortlist_k or record.get("shortlist_k") or 10,
+                                  prepared / "train.jsonl" if prepared else None,
+                                  Workspace.at(workspace).retrieval_cache)
     if engine == "vllm":
         if constrain:
             click.echo("note: --engine vllm decodes without the code constraint (--no-constrain)", err=True)
@@ -233,7 +284,12 @@ def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json:
     with tqdm(total=len(dialogues), desc="predict", unit="dialogue", disable=not batch, file=sys.stderr) as bar:
         for first in range(0, len(dialogues), size):
             chunk = dialogues[first:first + size]
-            for result in predictor.predict_batch(chunk, top_k):
+            lists = shortlister(chunk) if shortlister else None
+            codes = [[code for code, _ in ranked] for ranked in lists] if lists else None
+            for index, result in enumerate(predictor.predict_batch(chunk, top_k, codes)):
+                if lists:
+                    result["shortlist"] = [{"code": code, "description": description(code), "score": score}
+                                           for code, score in lists[index]]
                 click.echo(json.dumps(result, ensure_ascii=False) if as_json else human(result) + ("\n" if batch
                                                                                                    else ""))
             bar.update(len(chunk))

@@ -55,6 +55,7 @@ class Example:
     code: str
     validity: str
     group: str = field(default="")  # hash of the dialogue: identical dialogues share a split
+    candidates: tuple[str, ...] = ()  # retrieval shortlist shown in the prompt (prepare --shortlist)
 
 
 # ---------------------------------------------------------------- loading
@@ -226,12 +227,18 @@ def split_examples(examples: list[Example], seed: int, val_fraction: float, test
 
 
 def training_record(example: Example) -> dict[str, Any]:
-    """axolotl chat_template format: system, user and the gold answer as assistant."""
+    """axolotl chat_template format: system, user and the gold answer as assistant.
+
+    ``dialogue`` and ``gold_code`` ride along (axolotl drops columns it does not use) for the
+    retrieval index's nearest-neighbour part. The answer is always the gold code, also when
+    it is missing from the row's shortlist: the list is a hint, not a cage.
+    """
     from icd10_coder.codes import description
     from icd10_coder.prompts import chat_messages, render_answer
 
     answer = render_answer(example.code, description(example.code) or "")
-    return {"messages": chat_messages(example.dialogue, answer)}
+    return {"messages": chat_messages(example.dialogue, answer, list(example.candidates) or None),
+            "dialogue": example.dialogue, "gold_code": example.code}
 
 
 def evaluation_record(example: Example) -> dict[str, Any]:
@@ -243,7 +250,8 @@ def evaluation_record(example: Example) -> dict[str, Any]:
     return {
         "id": example.row_id,
         "system": render_system(),
-        "user": render_user(example.dialogue),
+        "user": render_user(example.dialogue, list(example.candidates) or None),
+        "candidates": list(example.candidates),
         "dialogue": example.dialogue,
         "gold_code": example.code,
         "gold_description": description(example.code),
@@ -332,13 +340,15 @@ def prompt_shell_tokens(tokenizer, examples: list[Example]) -> list[int]:
     rather than once per row (the dialogue, ~1,000 tokens, is tokenized once, in a batch).
     """
     placeholder = "X"  # one token; stands where the dialogue goes
-    shells: dict[str, int] = {}
+    shells: dict[tuple[str, tuple[str, ...]], int] = {}
     for example in examples:
-        if example.code not in shells:
-            stub = Example(row_id="", dialogue=placeholder, code=example.code, validity=example.validity)
+        key = (example.code, example.candidates)  # a shortlist makes the shell differ per row
+        if key not in shells:
+            stub = Example(row_id="", dialogue=placeholder, code=example.code, validity=example.validity,
+                           candidates=example.candidates)
             chat = tokenizer.apply_chat_template(training_record(stub)["messages"], tokenize=False)
-            shells[example.code] = len(tokenizer(chat, add_special_tokens=False)["input_ids"]) - 1
-    return [shells[e.code] for e in examples]
+            shells[key] = len(tokenizer(chat, add_special_tokens=False)["input_ids"]) - 1
+    return [shells[(e.code, e.candidates)] for e in examples]
 
 
 def percentiles(values: list[int]) -> dict[str, float]:
@@ -355,9 +365,36 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, neighbours: int = 10) -> dict[str, Any]:
+    """Give every row its top-``k`` retrieval candidates; return recall@k per split for the data card.
+
+    The retriever knows all billable codes and the training split's dialogues (nearest
+    neighbours); a training row is never its own neighbour.
+    """
+    from icd10_coder.retrieval import RetrievalSettings, load_or_fit
+
+    settings = RetrievalSettings(neighbours=neighbours)
+    train = [(e.dialogue, e.code) for e in splits["train"]] if neighbours else None
+    retriever = load_or_fit(cache_dir, settings, train)
+    recall = {}
+    for name, examples in splits.items():
+        if not examples:
+            continue
+        lists = []
+        for first in tqdm(range(0, len(examples), 256), desc=f"shortlist {name}", unit="batch", disable=None):
+            chunk = examples[first:first + 256]
+            own = list(range(first, first + len(chunk))) if name == "train" and neighbours else None
+            lists += retriever.shortlist([e.dialogue for e in chunk], k, exclude_self=own)
+        for example, ranked in zip(examples, lists, strict=True):
+            example.candidates = tuple(code for code, _ in ranked)
+        recall[name] = round(sum(e.code in e.candidates for e in examples) / len(examples), 4)
+    return {"k": k, "recall_at_k": recall, "retriever": {**settings.__dict__, "views": list(settings.views)},
+            "gold_not_in_shortlist": "kept; the training answer stays the gold code (the list is a hint)"}
+
+
 def data_card(*, source: str, rows_in: int, kept: list[Example], dropped: Counter,
               splits: dict[str, list[Example]], lengths: dict[str, Any] | None, hashes: dict[str, str],
-              options: dict[str, Any]) -> dict[str, Any]:
+              options: dict[str, Any], shortlist: dict[str, Any] | None = None) -> dict[str, Any]:
     from icd10_coder.codes import hierarchy
 
     codes = Counter(e.code for e in kept)
@@ -378,6 +415,7 @@ def data_card(*, source: str, rows_in: int, kept: list[Example], dropped: Counte
         "test_codes_seen_in_train": sum(1 for c in {e.code for e in splits["test"]} if c in train_codes),
         "test_codes": len({e.code for e in splits["test"]}),
         "token_lengths": lengths,
+        "shortlist": shortlist,
         "files_sha256": hashes,
     }
 
@@ -395,6 +433,11 @@ def data_card_markdown(card: dict[str, Any]) -> str:
         f"- De-identified: {'yes' if card['options']['deidentify'] else 'no'}; seed {card['options']['seed']}; "
         f"code policy `{card['options']['code_policy']}`",
     ]
+    if card.get("shortlist"):
+        short = card["shortlist"]
+        lines.append(f"- Shortlist in every prompt: top {short['k']} retrieval candidates; gold code in the "
+                     "shortlist (recall@k): " + ", ".join(f"{k} {v:.3f}" for k, v in short["recall_at_k"].items())
+                     + f"; gold not in the shortlist: {short['gold_not_in_shortlist']}")
     if card["token_lengths"]:
         lines += ["", f"Token lengths ({card['token_lengths']['tokenizer']}):", "",
                   "| what | min | p50 | p90 | p95 | p99 | max |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -476,9 +519,14 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
 @click.option("--tokenizer", default=str(EMBEDDED_MODEL), show_default=True,
               help="Tokenizer for the length percentiles in the data card ('none' to skip).")
 @click.option("--limit", type=int, default=None, help="Use only the first N rows (quick trials).")
+@click.option("--shortlist-neighbours", type=click.IntRange(0, 100), default=10, show_default=True,
+              help="Nearest training dialogues whose codes join the shortlist (0: code texts only).")
+@click.option("--shortlist", "shortlist_k", type=click.IntRange(1, 50), default=None, metavar="K",
+              help="Add the top K retrieval candidates (code + description) to every prompt; written to the "
+                   "workspace's prepared-shortlist/ (data/prepared-shortlist) unless --out says otherwise.")
 def main(source: str | None, workspace: str | None, out: Path | None, seed: int, demo: bool,
          val_fraction: float, test_fraction: float, unseen_fraction: float, code_policy: str, deidentify: bool,
-         tokenizer: str, limit: int | None) -> None:
+         tokenizer: str, limit: int | None, shortlist_neighbours: int, shortlist_k: int | None) -> None:
     """Turn MedSynth (or a local export, or --demo data) into axolotl and lm-eval files."""
     apply_offline_env()
     if demo and source:
@@ -488,7 +536,7 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     if out is None:
-        out = space.prepared
+        out = space.prepared_shortlist if shortlist_k else space.prepared
     raw, source_name = load_rows(source, demo)
     rows = canonical_columns(raw[:limit] if limit else raw, source_name)
     kept, dropped = clean_rows(rows, code_policy, deidentify)
@@ -497,15 +545,18 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
     if not kept:
         raise PrepareError(f"{source_name}: no usable rows ({dict(dropped)})")
     splits = split_examples(kept, seed, val_fraction, test_fraction, unseen_fraction)
+    shortlist = add_shortlists(splits, shortlist_k, space.retrieval_cache, shortlist_neighbours) if shortlist_k \
+        else None
     lengths = token_lengths(tokenizer, splits)
     warn_over_length(lengths)
     options = {"seed": seed, "demo": demo, "val_fraction": val_fraction, "test_fraction": test_fraction,
                "unseen_codes": unseen_fraction, "code_policy": code_policy, "deidentify": deidentify,
-               "limit": limit}
+               "limit": limit, "shortlist": shortlist_k}
     card = write_outputs(out, splits, {"source": source_name, "rows_in": len(rows), "kept": kept,
-                                       "dropped": dropped, "lengths": lengths, "options": options})
+                                       "dropped": dropped, "lengths": lengths, "options": options,
+                                       "shortlist": shortlist})
     click.echo(data_card_markdown(card))
-    if out.resolve() == space.prepared.resolve():
+    if out.resolve() in (space.prepared.resolve(), space.prepared_shortlist.resolve()):
         from icd10_coder.tracking import use_experiment
 
         use_experiment(space)  # before axolotl can create it with artifacts under ./mlruns

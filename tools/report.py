@@ -34,8 +34,20 @@ from icd10_coder.paths import display_path  # noqa: E402
 from icd10_coder.scoring import LOWER_IS_BETTER, METRICS  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
-APPROACHES = ("baseline-llm", "baseline-slm", "finetuned-slm")
-LABELS = {"baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM", "finetuned-slm": "Finetuned SLM"}
+APPROACHES = ("retrieval", "baseline-llm", "baseline-slm", "finetuned-slm")
+LABELS = {"retrieval": "Retrieval (no model)", "baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM",
+          "finetuned-slm": "Finetuned SLM"}
+# Paired tests for the headline metrics only: every pair of up to 7 approaches times 7
+# metrics would be ~150 tests, and the Holm correction over them would hide everything.
+PAIRED_METRICS = ("exact_match", "category_match")
+SHORTLIST_SUFFIX = "-shortlist"  # run_eval --shortlist: the same approach on prompts with the shortlist
+
+
+def label(name: str) -> str:
+    """Display name: ``finetuned-slm-shortlist`` -> "Finetuned SLM + shortlist"."""
+    if name.endswith(SHORTLIST_SUFFIX) and name.removesuffix(SHORTLIST_SUFFIX) in LABELS:
+        return LABELS[name.removesuffix(SHORTLIST_SUFFIX)] + " + shortlist"
+    return LABELS.get(name, name)
 TASK = "icd10_medsynth"
 UNSEEN_TASK = "icd10_medsynth_unseen"
 TASK_TITLES = {TASK: "Test split (codes seen in training)", UNSEEN_TASK: "Unseen codes (never seen in training)"}
@@ -54,7 +66,7 @@ class Approach:
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.name, self.name)
+        return label(self.name)
 
     @property
     def n(self) -> int:
@@ -98,12 +110,13 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     approach = Approach(name=folder.name, folder=folder, task=task)
     approach.results = results
     run_config = folder / "run_config.yml"
-    model_args = (yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}).get("model_args") or \
-        approach.results.get("config", {}).get("model_args") or {}
+    recorded = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
+    model_args = recorded.get("model_args") or approach.results.get("config", {}).get("model_args") or {}
     if isinstance(model_args, str):
         model_args = dict(kv.split("=", 1) for kv in model_args.split(",") if "=" in kv)
     parts = ("pretrained", "model", "peft", "lora_local_path")
-    approach.model = " + ".join(display_path(str(model_args[k])) for k in parts if model_args.get(k))
+    approach.model = " + ".join(display_path(str(model_args[k])) for k in parts if model_args.get(k)) or \
+        str(recorded.get("model") or "")  # no model at all: the model type (icd10-retrieval)
     # Timestamps start with a digit: icd10_medsynth_2026-... but not icd10_medsynth_unseen_2026-...
     samples_file = newest(results_file.parent, f"samples_{task}_[0-9]*.jsonl")
     if samples_file is not None:
@@ -159,7 +172,7 @@ def mcnemar(a: dict[str, int], b: dict[str, int], lower_is_better: bool = False)
 def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
     tests = []
     for a, b in combinations([x for x in approaches if x.samples], 2):
-        for metric in METRICS:
+        for metric in PAIRED_METRICS:
             result = mcnemar(a.per_item(metric), b.per_item(metric), lower_is_better=metric in LOWER_IS_BETTER)
             tests.append({"task": a.task, "a": a.name, "b": b.name, "metric": metric, **result})
     return tests
@@ -291,11 +304,11 @@ def approach_rows(approaches_info: dict[str, Any]) -> list[str]:
     for name, info in approaches_info.items():
         if info["status"] == "missing":
             dashes = " | ".join("–" for _ in METRICS)
-            lines.append(f"| {LABELS.get(name, name)} | missing: {info['reason']} | – | {dashes} |")
+            lines.append(f"| {label(name)} | missing: {info['reason']} | – | {dashes} |")
             continue
         cells = [f"{fmt(m['mean'])} [{fmt(m['ci95_low'])}, {fmt(m['ci95_high'])}]"
                  for m in (info["metrics"][k] for k in METRICS)]
-        lines.append(f"| {LABELS.get(name, name)} | `{info['model']}` | {info['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | `{info['model']}` | {info['n']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -303,7 +316,7 @@ def paired_rows(tests: list[dict[str, Any]]) -> list[str]:
     lines = ["| A | B | metric | n | B − A | only A better | only B better | p | p (Holm) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in tests:
-        lines.append(f"| {LABELS.get(t['a'], t['a'])} | {LABELS.get(t['b'], t['b'])} | {t['metric']} | "
+        lines.append(f"| {label(t['a'])} | {label(t['b'])} | {t['metric']} | "
                      f"{t['n_paired']} | {t['difference_b_minus_a']:+.3f} | {t['a_better']} | {t['b_better']} | "
                      f"{t['p_value']:.3g} | {t['p_holm']:.3g} |")
     return lines
@@ -313,7 +326,9 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
     sections = [(TASK, summary["approaches"], summary["paired_tests"])]
     if summary.get("unseen"):
         sections.append((UNSEEN_TASK, summary["unseen"]["approaches"], summary["unseen"]["paired_tests"]))
-    lines = [f"# ICD-10 coding: {' vs '.join(LABELS.get(a, a) for a in summary['approaches'])}", "",
+    sections = [s for s in sections if any(info["status"] == "present" for info in s[1].values())]
+    shown = [name for _, infos, _ in sections for name in infos]
+    lines = [f"# ICD-10 coding: {' vs '.join(label(a) for a in dict.fromkeys(shown))}", "",
              f"Generated {summary['generated_at']} in workspace {summary['workspace']}. "
              f"Data card sha256 `{summary['data_card_sha256'] or 'n/a'}`.", ""]
     for task, infos, _ in sections:
@@ -327,7 +342,8 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
                   f"{n_tests} tests are shown, so a raw p < 0.05 will happen by luck alone now and then. "
                   "**p (Holm)** is corrected over all of them (Holm–Bonferroni, family-wise error 5%): read "
                   "a difference as unlikely to be luck only when p (Holm) < 0.05. \"Only A better\" counts the "
-                  "items where A scored better than B (for parse_failure_rate: where only B failed to parse).", ""]
+                  "items where A scored better than B (for a lower-is-better metric such as parse_failure_rate: "
+                  f"where only B failed). Tests cover {' and '.join(PAIRED_METRICS)}.", ""]
         for task, _, tests in sections:
             if tests:
                 lines += [f"### {TASK_TITLES[task]}", ""] + paired_rows(tests) + [""]
@@ -336,7 +352,7 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
         if rows:
             lines += [f"Most frequent errors of {approach.label} ({TASK_TITLES[approach.task].lower()}): "
                       + "; ".join(f"{g} → {p} ({n})" for g, p, n in rows), ""]
-    lines += ["## Plots (test split)", ""] + [f"![{p}]({p})" for p in plots]
+    lines += [f"## Plots ({TASK_TITLES[sections[0][0]].lower()})", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
@@ -411,7 +427,7 @@ def main(workspace: str | None, eval_dir: Path | None, out: Path | None, data_ca
                for task in (TASK, UNSEEN_TASK)}
     approaches = [a for a in by_task[TASK].values() if a is not None]
     unseen = [a for a in by_task[UNSEEN_TASK].values() if a is not None]
-    if not approaches:
+    if not approaches and not unseen:
         reasons = "; ".join(f"{n}: {missing_reason(folders.get(n))}" for n in APPROACHES)
         raise click.ClickException(f"no lm-eval results under {display_path(eval_dir)} ({reasons}): "
                                    "run `make eval` first")
@@ -435,9 +451,10 @@ def main(workspace: str | None, eval_dir: Path | None, out: Path | None, data_ca
                              "paired_tests": unseen_tests}
 
     out.mkdir(parents=True, exist_ok=True)
+    plotted = approaches or unseen  # the test split; an unseen-only run (make experiment-real) plots that
     plots = ["metrics_by_approach.png"]
-    plot_metrics(approaches, {a.name: summaries[(TASK, a.name)] for a in approaches}, out / plots[0])
-    with_samples = [a for a in approaches if a.samples]
+    plot_metrics(plotted, {a.name: summaries[(a.task, a.name)] for a in plotted}, out / plots[0])
+    with_samples = [a for a in plotted if a.samples]
     if with_samples:
         plot_chapters(with_samples, out / "accuracy_by_chapter.png")
         plot_confusions(with_samples, out / "confusions.png")

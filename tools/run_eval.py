@@ -45,6 +45,8 @@ GPU_HF_BATCH_SIZE = 16
 # vLLM pins its own torch and transformers, which axolotl's cannot share: it lives in its own
 # environment (`make vllm-env`), and configs with `model: vllm` run lm-eval from there.
 VLLM_PYTHON = Path(os.environ.get("ICD10_VLLM_PYTHON") or REPO_ROOT / ".venv-vllm" / "bin" / "python")
+RETRIEVAL_MODEL = "icd10-retrieval"
+SHORTLIST_SUFFIX = "-shortlist"
 RUN_CONFIG_NAME = "run_config.yml"
 MISSING_NAME = "missing.json"
 
@@ -80,7 +82,7 @@ def recipe_model_args(recipe: Path, workspace: Workspace | None = None, engine: 
 
 def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, data_dir: Path | None,
                 allow_remote: bool, recipe: Path | None = None, workspace: Workspace | None = None,
-                batch_size: str | None = None) -> dict[str, Any]:
+                batch_size: str | None = None, shortlist: bool = False, unseen_only: bool = False) -> dict[str, Any]:
     """Read, override and check one run config; raise ClickException on anything unsafe.
 
     An API endpoint where nothing listens is not an error: the config comes back with
@@ -119,13 +121,12 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
         raise click.ClickException(
             f"{path}: {', '.join(sorted(secrets))} in model_args would be written to the results; "
             "export OPENAI_API_KEY instead")
-    model = config.get("model", "hf")
-    if model in API_MODELS:
+    if engine in API_MODELS:
         try:
             click.echo(check_endpoint(model_args.get("base_url"), allow_remote=allow_remote))
         except EndpointError as err:
             raise click.ClickException(f"{path}: {err}") from err
-        if API_MODELS[model]:
+        if API_MODELS[engine]:
             reason = unreachable_reason(model_args["base_url"])
             if reason:
                 config["_missing"] = f"endpoint {model_args['base_url']} not reachable: {reason}"
@@ -136,11 +137,20 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     config["model_args"] = model_args
     if limit is not None:
         config["limit"] = limit
-    data = (data_dir or workspace.prepared).resolve()
+    data = (data_dir or (workspace.prepared_shortlist if shortlist else workspace.prepared)).resolve()
     config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data)}
-    if (data / UNSEEN_FILE).is_file() and UNSEEN_TASK not in config["tasks"]:
+    if unseen_only:
+        if not (data / UNSEEN_FILE).is_file():
+            raise click.ClickException(f"--unseen-only: {display_path(data / UNSEEN_FILE)} does not exist "
+                                       "(prepare with --unseen-codes)")
+        config["tasks"] = [UNSEEN_TASK]
+    elif (data / UNSEEN_FILE).is_file() and UNSEEN_TASK not in config["tasks"]:
         config["tasks"] = [*config["tasks"], UNSEEN_TASK]
-    config["output_path"] = str(workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}"))
+    if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
+        model_args["train"] = str(data / "train.jsonl")
+        model_args["cache_dir"] = str(workspace.retrieval_cache)
+    output = str(workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}"))
+    config["output_path"] = output + (SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else "")
     if config.get("include_path") in (None, "tasks"):
         config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
     return config
@@ -168,7 +178,8 @@ def run_one(path: Path, config: dict[str, Any], workspace: Workspace) -> None:
     started = time.perf_counter()
     try:
         python = str(VLLM_PYTHON) if config.get("model") == "vllm" else sys.executable
-        command = [python, "-m", "lm_eval", "run", "--config", handle.name]
+        # lm-eval's own CLI, with the project's model types (icd10-retrieval) registered.
+        command = [python, "-m", "icd10_coder.lm_eval_cli", "run", "--config", handle.name]
         click.echo(f"[{path.stem}] lm_eval run --config {path}  (model: {config.get('model')}, "
                    f"{config['model_args'].get('pretrained') or config['model_args'].get('model')}; "
                    f"tasks: {', '.join(config['tasks'])}; workspace: {workspace.name})")
@@ -202,19 +213,24 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Training recipe whose base_model (and output_dir as adapter) the hf configs evaluate, "
                    "e.g. recipes/qlora.yml. Default: the model_args written in each config (the CPU demo).")
+@click.option("--shortlist", is_flag=True,
+              help="Evaluate on the prompts with the retrieval shortlist (prepare --shortlist K): the workspace's "
+                   "prepared-shortlist/, results in eval/<approach>-shortlist/.")
+@click.option("--unseen-only", is_flag=True, help="Score only test_unseen.jsonl (task icd10_medsynth_unseen).")
 @click.option("--batch-size", default=None, metavar="N|auto",
               help="Override the configs' batch_size (default: theirs; 16 for the hf backend with a GPU recipe).")
 @click.option("--allow-remote-endpoint", is_flag=True,
               help="Allow an API endpoint outside loopback/private networks (dialogues leave your network!).")
 def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, ...], workspace: str | None,
-         data_dir: Path | None, recipe: Path | None, batch_size: str | None, allow_remote_endpoint: bool) -> None:
+         data_dir: Path | None, recipe: Path | None, shortlist: bool, unseen_only: bool, batch_size: str | None,
+         allow_remote_endpoint: bool) -> None:
     """Evaluate each approach config with lm-eval's icd10_medsynth task; results go to the workspace's eval/."""
     try:
         space = Workspace.at(workspace)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
     checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint, recipe, space,
-                                  batch_size)) for path in configs]
+                                  batch_size, shortlist, unseen_only)) for path in configs]
     os.umask(0o077)  # results and sample logs quote dialogues: owner-only from the start
     for path, config in checked:
         if config.get("_missing"):

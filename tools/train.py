@@ -14,6 +14,8 @@ experiment created with its artifacts beside the store, and telemetry off.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env, workspace_env  # noqa: E402
 from icd10_coder.paths import REPO_ROOT, display_path, make_private  # noqa: E402
+from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -52,6 +55,28 @@ def effective_batch(config: dict, processes: int | None) -> str:
     if processes is None:
         return f"(visible GPUs) x {micro} x {accumulation} = {micro * accumulation} per GPU"
     return f"{processes} x {micro} x {accumulation} = {processes * micro * accumulation} sequences per step"
+
+
+def record_prompt_variant(config: dict) -> dict | None:
+    """Write ``icd10_prompt.json`` into the adapter folder: which prompts it was trained on.
+
+    tools/predict.py reads it to prompt the adapter the same way (with the retrieval shortlist
+    or without) and refuses a mismatch.
+    """
+    datasets = config.get("datasets") or []
+    if not datasets or not config.get("output_dir"):
+        return None
+    prepared = (REPO_ROOT / datasets[0]["path"]).parent
+    card_file = prepared / "data_card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    shortlist = card.get("shortlist") or {}
+    record = {"prompt_variant": "shortlist" if shortlist else "plain", "shortlist_k": shortlist.get("k"),
+              "prepared_data": display_path(prepared),
+              "data_card_sha256": hashlib.sha256(card_file.read_bytes()).hexdigest() if card_file.is_file() else None}
+    adapter = REPO_ROOT / config["output_dir"]
+    if adapter.is_dir():
+        (adapter / PROMPT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def check_prepared(recipe: Path) -> None:
@@ -103,6 +128,7 @@ def main(recipe: Path, workspace: str | None, num_processes: int | None, overrid
             make_private(REPO_ROOT / config[key])
     if result.returncode != 0:
         raise click.ClickException(f"axolotl training failed (exit {result.returncode}); see the output above")
+    record_prompt_variant(config)
     click.echo(f"[train] done in {time.perf_counter() - started:.0f} s -> adapter {config.get('output_dir')}")
 
 

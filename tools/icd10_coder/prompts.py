@@ -15,6 +15,9 @@ import jinja2
 from icd10_coder.paths import REPO_ROOT
 
 DEFAULT_MAX_ALTERNATIVES = 2
+# Written by tools/train.py into an adapter folder: which prompt variant (plain, or with the
+# retrieval shortlist) the adapter was trained on; tools/predict.py prompts it the same way.
+PROMPT_RECORD = "icd10_prompt.json"
 
 
 def prompts_dir() -> Path:
@@ -40,21 +43,26 @@ def render_system(max_alternatives: int = DEFAULT_MAX_ALTERNATIVES) -> str:
     return _render("system.j2", max_alternatives=max_alternatives)
 
 
-def render_user(dialogue: str) -> str:
+def render_user(dialogue: str, candidates: list[str] | None = None) -> str:
+    """The user message; ``candidates`` (codes, best first) adds the shortlist block."""
     if not dialogue or not dialogue.strip():
         raise ValueError("dialogue is empty")
-    return _render("user.j2", dialogue=dialogue)
+    from icd10_coder.codes import description
+
+    listed = [{"code": code, "description": description(code) or ""} for code in candidates or []]
+    return _render("user.j2", dialogue=dialogue, candidates=listed)
 
 
 def render_answer(code: str, description: str) -> str:
     return _render("answer.j2", code=code, description=description)
 
 
-def chat_messages(dialogue: str, answer: str | None = None) -> list[dict[str, str]]:
+def chat_messages(dialogue: str, answer: str | None = None,
+                  candidates: list[str] | None = None) -> list[dict[str, str]]:
     """System + user (+ assistant) messages in the OpenAI / Hugging Face chat format."""
     messages = [
         {"role": "system", "content": render_system()},
-        {"role": "user", "content": render_user(dialogue)},
+        {"role": "user", "content": render_user(dialogue, candidates)},
     ]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})

@@ -23,6 +23,7 @@ WORKSPACE_ENV = "ICD10_WORKSPACE"
 DEMO_WORKSPACE = REPO_ROOT / "outputs" / "demo"
 # Real-run paths as recipes and run configs write them (relative to the checkout).
 REAL_PREPARED = Path("data") / "prepared"
+REAL_DATA = Path("data")
 REAL_OUTPUTS = Path("outputs")
 SHARED_OUTPUTS = ("models",)  # the embedded model is read by every workspace, never copied
 SQLITE = "sqlite:///"
@@ -64,6 +65,16 @@ class Workspace:
     @property
     def name(self) -> str:
         return "real run (checkout)" if self.is_real else display_path(self.root)
+
+    @property
+    def prepared_shortlist(self) -> Path:
+        """Prepared data whose prompts carry the retrieval shortlist (``prepare --shortlist K``)."""
+        return self.prepared.with_name("prepared-shortlist")
+
+    @property
+    def retrieval_cache(self) -> Path:
+        """Fitted retrieval indexes (icd10_coder.retrieval), rebuilt when their inputs change."""
+        return self.outputs / "retrieval-cache"
 
     # ------------------------------------------------------------------ run products
     @property
@@ -120,8 +131,8 @@ class Workspace:
         if given.is_absolute():
             return given
         parts = given.parts
-        if parts[: len(REAL_PREPARED.parts)] == REAL_PREPARED.parts:
-            return self.prepared.joinpath(*parts[len(REAL_PREPARED.parts):])
+        if parts[:1] == REAL_DATA.parts and len(parts) > 1 and parts[1].startswith("prepared"):
+            return self.prepared.with_name(parts[1]).joinpath(*parts[2:])  # prepared, prepared-shortlist
         if parts[:1] == REAL_OUTPUTS.parts and not (len(parts) > 1 and parts[1] in SHARED_OUTPUTS):
             return self.outputs.joinpath(*parts[1:])
         return given

@@ -1,0 +1,149 @@
+"""Retrieval (no model) and the shortlist: ranking, neighbours, cache, prepare --shortlist, the
+lm-eval approach, predict's prompt-variant record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import prepare_demo
+
+import report
+import run_eval
+from icd10_coder.codes import normalize_code
+from icd10_coder.dialogue import clean_dialogue
+from icd10_coder.offline import subprocess_env
+from icd10_coder.prompts import PROMPT_RECORD
+from icd10_coder.retrieval import RetrievalSettings, Retriever, cache_key, load_or_fit, recall_at
+from icd10_coder.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+CODES_ONLY = RetrievalSettings(neighbours=0)
+
+
+@pytest.fixture(scope="module")
+def retriever() -> Retriever:
+    return Retriever.fit(CODES_ONLY)
+
+
+def test_the_described_code_ranks_first_and_ranking_is_deterministic(retriever):
+    dialogue = ("Doctor: What brings you in?\nPatient: My knee hurts, the left one.\n"
+                "Doctor: This is pain in the left knee.")
+    first = retriever.shortlist([dialogue], 10)[0]
+    assert first[0][0] == "M25.562" and len(first) == 10
+    assert [score for _, score in first] == sorted((score for _, score in first), reverse=True)
+    assert retriever.shortlist([dialogue], 10)[0] == first  # same input, same list
+
+
+def test_training_neighbours_bring_in_their_codes_but_never_a_row_itself():
+    marker = "zorblax quibbertine flumox"  # words no code text has: only the neighbour can match
+    train = [(f"I have {marker}.", "A92.8"), ("my knee hurts", "M25.562")]
+    retriever = Retriever.fit(RetrievalSettings(neighbours=2), train)
+    assert retriever.shortlist([f"still {marker}"], 5)[0][0][0] == "A92.8"
+    assert Retriever.fit(CODES_ONLY).shortlist([f"still {marker}"], 5)[0] == []  # nothing matches: no guesses
+    own = retriever.shortlist([train[0][0]], 5, exclude_self=[0])[0]
+    assert "A92.8" not in [c for c, _ in own]  # the row's own gold code does not leak into its shortlist
+
+
+def test_the_index_cache_is_reused_and_rebuilt_when_its_inputs_change(tmp_path):
+    train = [("Patient: my knee hurts", "M25.562")]
+    load_or_fit(tmp_path, CODES_ONLY, train)
+    load_or_fit(tmp_path, CODES_ONLY, train)
+    assert len(list(tmp_path.glob("index-*.joblib"))) == 1
+    changed = [("Patient: my knee hurts badly", "M25.562")]
+    assert cache_key(CODES_ONLY, train) != cache_key(CODES_ONLY, changed)
+    load_or_fit(tmp_path, CODES_ONLY, changed)
+    assert len(list(tmp_path.glob("index-*.joblib"))) == 2
+    assert all(oct(p.stat().st_mode)[-3:] == "600" for p in tmp_path.glob("index-*.joblib"))
+
+
+def test_fused_retriever_beats_descriptions_alone_on_real_dialogues(medsynth_sample):
+    rows = [json.loads(line) for line in medsynth_sample.read_text().splitlines() if line.strip()]
+    dialogues = [clean_dialogue(r["Dialogue"]) for r in rows]
+    gold = [normalize_code(r["ICD10"]) for r in rows]
+
+    def recall(settings: RetrievalSettings) -> dict:
+        ranked = Retriever.fit(settings).shortlist(dialogues, 10)
+        return recall_at([[c for c, _ in r] for r in ranked], gold, ks=(1, 10))["code"]
+
+    baseline = recall(RetrievalSettings(views=("description",), ngram_max=2, neighbours=0))
+    fused = recall(CODES_ONLY)
+    assert fused[1] > baseline[1] and fused[10] >= baseline[10], (fused, baseline)
+
+
+def test_prepare_shortlist_puts_candidates_in_every_split_and_keeps_the_gold_answer(tmp_path):
+    out = prepare_demo(tmp_path / "prepared-shortlist", "--shortlist", "3")
+    card = json.loads((out / "data_card.json").read_text())
+    assert card["shortlist"]["k"] == 3 and set(card["shortlist"]["recall_at_k"]) == {"train", "val", "test"}
+    assert "Shortlist in every prompt" in (out / "data_card.md").read_text()
+    for split in ("train", "val"):
+        for line in (out / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            user, answer = record["messages"][1]["content"], record["messages"][2]["content"]
+            assert "Candidate codes" in user and answer.startswith(record["gold_code"] + " - ")
+    tests = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert all(len(t["candidates"]) == 3 and t["candidates"][0] in t["user"] for t in tests)
+    measured = sum(t["gold_code"] in t["candidates"] for t in tests) / len(tests)
+    assert card["shortlist"]["recall_at_k"]["test"] == pytest.approx(measured, abs=1e-4)
+
+
+def test_retrieval_is_an_approach_scored_by_the_same_task(tmp_path):
+    space = Workspace.at(tmp_path / "ws")
+    prepare_demo(space.prepared)
+    result = subprocess.run([sys.executable, "tools/run_eval.py", "--workspace", str(space.root),
+                             "recipes/eval/retrieval.yml"], cwd=REPO, env=subprocess_env(hub_offline=True),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = [json.loads(line) for line in next((space.eval_dir / "retrieval").rglob(
+        "samples_icd10_medsynth_[0-9]*.jsonl")).read_text().splitlines()]
+    assert samples and all(s["resps"][0][0].count("\n") == 2 for s in samples)  # top code + 2 alternatives
+    assert all(s["filtered_resps"][0] for s in samples)  # parsed like any model's answer
+    assert (space.retrieval_cache).is_dir()
+    summary_run = CliRunner().invoke(report.main, ["--workspace", str(space.root), "--no-mlflow"])
+    assert summary_run.exit_code == 0, summary_run.output
+    summary = json.loads((space.report_dir / "summary.json").read_text())
+    assert summary["approaches"]["retrieval"]["status"] == "present"
+    assert summary["approaches"]["retrieval"]["model"] == "icd10-retrieval"
+    assert "Retrieval (no model)" in (space.report_dir / "report.md").read_text()
+
+
+def test_shortlist_runs_get_their_own_approach_names(tmp_path):
+    space = Workspace.at(tmp_path / "ws")
+    space.prepared_shortlist.mkdir(parents=True)
+    config = run_eval.load_config(REPO / "recipes/eval/baseline-slm.yml", (), None, None, False, None, space,
+                                  shortlist=True)
+    assert config["output_path"] == str(space.eval_dir / "baseline-slm-shortlist")
+    assert config["metadata"]["data_dir"] == str(space.prepared_shortlist)
+    assert report.label("baseline-slm-shortlist") == "Baseline SLM + shortlist"
+    assert report.label("retrieval") == "Retrieval (no model)"
+
+
+def test_predict_refuses_to_prompt_an_adapter_unlike_its_training(tmp_path, embedded_model):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / PROMPT_RECORD).write_text(json.dumps({"prompt_variant": "shortlist", "shortlist_k": 5}))
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Doctor: What brings you in?\nPatient: my left knee hurts")
+    result = subprocess.run([sys.executable, "tools/predict.py", str(dialogue), "--adapter", str(adapter),
+                             "--no-shortlist"], cwd=REPO, env=subprocess_env(hub_offline=True), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "trained on shortlist prompts" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_with_shortlist_shows_it_in_json(tmp_path, embedded_model):
+    dialogue = tmp_path / "d.txt"
+    dialogue.write_text("Doctor: What brings you in?\nPatient: my left knee hurts.\nDoctor: pain in the left knee.")
+    result = subprocess.run([sys.executable, "tools/predict.py", str(dialogue), "--adapter", "none", "--shortlist",
+                             "--shortlist-k", "4", "--json", "--top-k", "1", "--workspace", str(tmp_path / "ws")],
+                            cwd=REPO, env=subprocess_env(hub_offline=True), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert [c["code"] for c in answer["shortlist"]][0] == "M25.562" and len(answer["shortlist"]) == 4
+    assert answer["codes"] and answer["codes"][0]["billable"]
