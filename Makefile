@@ -103,24 +103,24 @@ eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results und
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
 
-demo: setup ## The whole comparison offline on embedded defaults, in outputs/demo/ (CPU, ~12 min)
+demo: setup ## The whole comparison offline on embedded defaults, in outputs/demo/ (CPU, ~15 min)
 	$(HUB_OFFLINE) $(PY) tools/demo.py --workspace $(DEMO_WORKSPACE)
 
 # Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.
-baseline: setup ## Real run, no training: both baselines on MedSynth (GPU + hub)
+baseline: setup ## Real run, no training: Retrieval and both baselines on MedSynth (GPU + hub)
 	$(MAKE) prepare
 	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/retrieval.yml \
 		recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml
 	$(MAKE) report
 
-full: setup ## Real run: prepare -> recipes/qlora.yml -> all three evaluations -> report (GPU + hub)
+full: setup ## Real run: prepare -> recipes/qlora.yml -> Retrieval + three model evaluations -> report (GPU + hub)
 	$(MAKE) prepare
 	$(MAKE) train RECIPE=$(FULL_RECIPE)
 	$(PY) tools/run_eval.py $(EVAL_ARGS) --recipe $(FULL_RECIPE) recipes/eval/retrieval.yml \
 		recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
 	$(MAKE) report
 
-bench: setup ## Benchmarks -> outputs/bench/bench.json
+bench: setup ## CPU benchmarks (retrieval recall included) -> outputs/bench/bench.json
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
 experiment-real: setup ## Real-data experiment on the shared MedSynth sample, unseen codes (~1 h on 2 CPU cores)
