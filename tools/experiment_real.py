@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,22 +32,12 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import workspace_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, REPO_ROOT, display_path  # noqa: E402
+from demo import run  # noqa: E402  (the same stage runner as make demo)
+from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, display_path  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 RECIPE = "recipes/demo-cpu-shortlist.yml"
 SLM_CONFIGS = ("recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml")
-
-
-def run(stage: str, command: list[str], space: Workspace, timings: dict[str, float]) -> None:
-    click.secho(f"\n=== {stage}: {' '.join(display_path(c) if c.startswith('/') else c for c in command)}",
-                bold=True)
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, env=workspace_env(space, hub_offline=True), check=False)
-    timings[stage] = round(time.perf_counter() - started, 1)
-    if result.returncode != 0:
-        raise click.ClickException(f"stage '{stage}' failed (exit {result.returncode}); see the output above")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -84,20 +73,20 @@ def main(sample: Path, workspace: str, unseen: float, shortlist_k: int, epochs: 
              "--gradient_accumulation_steps=2"] + ([f"--max_steps={max_steps}"] if max_steps else [])
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    run("prepare (plain prompts)", [python, "tools/prepare.py", *split, *ws], space, timings)
+    run("prepare (plain prompts)", [python, "tools/prepare.py", *split, *ws], timings, space)
     # No training dialogue holds an unseen code, so neighbours could only add wrong codes: the
     # floor and the shortlist are the code-text lookup alone (measured: make bench, GUIDE section 6).
     run("prepare (shortlist prompts)", [python, "tools/prepare.py", *split, "--shortlist", str(shortlist_k),
-                                        "--shortlist-neighbours", "0", *ws], space, timings)
+                                        "--shortlist-neighbours", "0", *ws], timings, space)
     run("retrieval (code texts only)", [*evaluate, "recipes/eval/retrieval.yml", "--model-arg", "neighbours=0"],
-        space, timings)
-    run("baseline SLM, plain prompt", [*evaluate, SLM_CONFIGS[0]], space, timings)
-    run("baseline SLM, shortlist prompt", [*evaluate, "--shortlist", SLM_CONFIGS[0]], space, timings)
+        timings, space)
+    run("baseline SLM, plain prompt", [*evaluate, SLM_CONFIGS[0]], timings, space)
+    run("baseline SLM, shortlist prompt", [*evaluate, "--shortlist", SLM_CONFIGS[0]], timings, space)
     run("LoRA on shortlist prompts of the training codes", [python, "tools/train.py", RECIPE, *ws, *train],
-        space, timings)
+        timings, space)
     run("finetuned SLM, shortlist prompt", [*evaluate, "--shortlist", "--recipe", RECIPE, SLM_CONFIGS[1]],
-        space, timings)
-    run("report", [python, "tools/report.py", *ws], space, timings)
+        timings, space)
+    run("report", [python, "tools/report.py", *ws], timings, space)
     timings["total"] = round(time.perf_counter() - started, 1)
     settings = {"sample": display_path(sample.resolve()), "unseen_codes": unseen, "shortlist_k": shortlist_k,
                 "epochs": epochs, "max_steps": max_steps, "limit": limit, "recipe": RECIPE,

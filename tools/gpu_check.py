@@ -91,11 +91,11 @@ def parameter_count(model: Path) -> int:
     return sum(p.numel() for p in skeleton.parameters())
 
 
-def run(command: list[str], space: Workspace, python_env: dict[str, str] | None = None) -> tuple[float, str]:
+def run(command: list[str], space: Workspace) -> tuple[float, str]:
     """Run a command in the workspace; wall seconds and its output (echoed as it comes)."""
     click.secho(f"\n[gpu-check] {' '.join(display_path(c) if c.startswith('/') else c for c in command)}", bold=True)
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=python_env or workspace_env(space, hub_offline=True),
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=workspace_env(space, hub_offline=True),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:
