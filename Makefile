@@ -50,7 +50,7 @@ $(foreach kv,$(OFFLINE_ENV),$(eval export $(firstword $(subst =, ,$(kv)))))
 HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real gpu-check \
-	clean print-env
+	app clean print-env
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -120,7 +120,7 @@ full: setup ## Real run: prepare -> recipes/qlora.yml -> Retrieval + three model
 		recipes/eval/baseline-llm.yml recipes/eval/baseline-slm.yml recipes/eval/finetuned-slm.yml
 	$(MAKE) report
 
-bench: setup ## CPU benchmarks (retrieval recall included) -> outputs/bench/bench.json
+bench: setup ## CPU benchmarks (retrieval, cost per approach, app calibration) -> outputs/bench/bench.json
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
 experiment-real: setup ## Real-data experiment on the shared MedSynth sample, unseen codes (~1 h on 2 CPU cores)
@@ -129,10 +129,16 @@ experiment-real: setup ## Real-data experiment on the shared MedSynth sample, un
 gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs/bench/gpu.json (<= 10 min)
 	$(HUB_OFFLINE) $(PY) tools/gpu_check.py
 
+# APP_ARGS: e.g. APP_ARGS="--adapter outputs/adapters/qlora --base-model HuggingFaceTB/SmolLM2-1.7B-Instruct"
+APP_ARGS ?=
+app: setup ## The coder's workbench in the browser on http://127.0.0.1:7860 (make demo's adapter by default)
+	$(HUB_OFFLINE) $(PY) tools/app.py $(APP_ARGS)
+
 print-env: ## Show the privacy environment every target runs with
 	@env | grep -E "^($$(grep -oE '^[A-Z_]+' tools/offline.env | paste -sd'|'))=" | sort
 
-clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv and the embedded model
-	rm -rf data/prepared data/prepared-shortlist outputs/adapters outputs/axolotl-cache outputs/datasets-cache \
+clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv, the model, the audit log
+	rm -rf data/prepared data/prepared-shortlist data/prepared-choose outputs/adapters outputs/axolotl-cache outputs/datasets-cache \
 		outputs/retrieval-cache outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts \
-		outputs/demo outputs/experiment-real outputs/gpu-check mlruns
+		outputs/demo outputs/experiment-real outputs/gpu-check outputs/eval-val outputs/app outputs/test-app-screens \
+		mlruns

@@ -1,4 +1,4 @@
-"""The three approach configs: same task, prompt and generation; models taken from a recipe."""
+"""The approach configs: same task, prompt and generation (or choice); models taken from a recipe."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ SHARED = ("tasks", "include_path", "apply_chat_template", "log_samples", "gen_kw
 
 def test_three_approaches_share_task_prompt_and_generation():
     assert set(CONFIGS) == {"retrieval", "baseline-llm", "baseline-slm", "finetuned-slm", "baseline-slm-vllm",
-                            "finetuned-slm-vllm"}
-    loaded = {name: yaml.safe_load(path.read_text()) for name, path in CONFIGS.items()}
+                            "finetuned-slm-vllm", "baseline-slm-choice", "finetuned-slm-choice"}
+    loaded = {name: yaml.safe_load(path.read_text()) for name, path in CONFIGS.items()
+              if not name.endswith("-choice")}
     for key in SHARED:
         assert len({repr(cfg.get(key)) for cfg in loaded.values()}) == 1, key
     for name, cfg in loaded.items():
@@ -28,6 +29,21 @@ def test_three_approaches_share_task_prompt_and_generation():
         assert cfg["output_path"] == f"outputs/eval/{name.removesuffix('-vllm')}"
     assert loaded["baseline-llm"]["model"] == "local-chat-completions"
     assert loaded["finetuned-slm"]["model_args"]["pretrained"] == loaded["baseline-slm"]["model_args"]["pretrained"]
+
+
+def test_choice_configs_are_the_slm_configs_with_the_choice_task():
+    """Same model, prompt and logging as the generation configs; only the task and lm-eval model class differ."""
+    for name in ("baseline-slm", "finetuned-slm"):
+        generate, choose = (yaml.safe_load(CONFIGS[n].read_text()) for n in (name, f"{name}-choice"))
+        assert choose["tasks"] == ["icd10_medsynth_choice"] and choose["model"] == "icd10-hf-choice"
+        assert choose["model_args"]["pretrained"] == generate["model_args"]["pretrained"]
+        assert choose["model_args"]["dtype"] == generate["model_args"]["dtype"]
+        for key in ("include_path", "apply_chat_template", "log_samples", "batch_size"):
+            assert choose[key] == generate[key], key
+        assert choose["output_path"] == f"outputs/eval/{name}-choice"
+    recipe = REPO / "recipes" / "demo-cpu-shortlist.yml"
+    finetuned = yaml.safe_load(CONFIGS["finetuned-slm-choice"].read_text())["model_args"]
+    assert finetuned["peft"] == yaml.safe_load(recipe.read_text())["output_dir"]
 
 
 def test_recipe_sets_the_models_of_the_hf_configs_only():

@@ -1,7 +1,9 @@
 """A cheap slice of `make experiment-real`: the real-data pipeline on unseen codes, end to end.
 
-The full run (~1 hour on 2 cores) is not a test; this slice trains one step and scores two
-unseen dialogues per approach, so it proves the wiring, not the numbers (those are in README).
+The full run (~1 hour on 2 cores) is not a test; this slice trains one step (twice: on shortlist
+prompts, and to choose) and scores two validation and two unseen dialogues per approach, so it
+proves the wiring, not the numbers (those are in README). The generating legs are left out
+(``--no-generation``): they run through the same tools as ``make demo``, which the tests also run.
 """
 
 from __future__ import annotations
@@ -28,18 +30,33 @@ def workspace() -> Path:
 
 def test_experiment_slice_reports_every_approach_on_unseen_codes(workspace, medsynth_sample, embedded_model):
     result = subprocess.run([sys.executable, "tools/experiment_real.py", "--workspace", str(workspace),
-                             "--sample", str(medsynth_sample), "--epochs", "1", "--max-steps", "1", "--limit", "2"],
+                             "--sample", str(medsynth_sample), "--epochs", "1", "--max-steps", "1", "--limit", "2",
+                             "--no-generation"],
                             cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     summary = json.loads((workspace / "report" / "summary.json").read_text())
     unseen = summary["unseen"]["approaches"]
-    for name in ("retrieval", "baseline-slm", "baseline-slm-shortlist", "finetuned-slm-shortlist"):
+    for name in ("retrieval", "baseline-slm-choice-shortlist", "baseline-slm-choice-shortlist-fused",
+                 "finetuned-slm-choice-shortlist", "finetuned-slm-choice-shortlist-fused",
+                 "finetuned-slm-choose-choice-shortlist", "finetuned-slm-choose-choice-shortlist-fused"):
         assert unseen[name]["status"] == "present" and unseen[name]["n"] == 2, (name, unseen[name])
+    # The generating legs (the same run_eval path make demo covers) were left out on request.
+    assert "baseline-slm-shortlist" not in unseen and unseen["baseline-slm"]["status"] == "missing"
+    # Each fusion weight was chosen on the validation split, which holds no unseen code and no training code.
+    for name in ("baseline-slm", "finetuned-slm", "finetuned-slm-choose"):
+        fusion = json.loads((workspace / "eval" / f"{name}-choice-shortlist-fused" / "fusion.json").read_text())
+        assert 0.0 <= fusion["weight"] <= 1.0 and fusion["validation_rows"] == 2
+        assert "eval-val" in fusion["chosen_on"]
+    validation = {json.loads(line)["gold_code"]
+                  for line in (workspace / "prepared" / "val.jsonl").read_text().splitlines()}
     # Unseen means unseen: no held-out code is a training code.
     train = {json.loads(line)["gold_code"]
              for line in (workspace / "prepared" / "train.jsonl").read_text().splitlines()}
     held_out = {json.loads(line)["gold_code"]
                 for line in (workspace / "prepared" / "test_unseen.jsonl").read_text().splitlines()}
-    assert held_out and not held_out & train
+    assert held_out and not held_out & train and not validation & (train | held_out)
+    # The adapter trained to choose saw every row's gold code among its candidates.
+    assert all(json.loads(line)["gold_code"] in json.loads(line)["candidates"]
+               for line in (workspace / "prepared-choose" / "train.jsonl").read_text().splitlines())
     assert any(t["a"] == "retrieval" for t in summary["unseen"]["paired_tests"])  # paired against the floor
     assert json.loads((workspace / "report" / "experiment.json").read_text())["settings"]["epochs"] == 1

@@ -48,6 +48,9 @@ def test_stdin_json_codes_are_valid_and_described(embedded_model):
     assert [c["rank"] for c in answer["codes"]] == list(range(1, len(answer["codes"]) + 1))
     for code in answer["codes"]:
         assert code["billable"] and is_billable(code["code"]) and code["description"]
+        assert 0.0 <= code["confidence"] <= 1.0 and len(code["path"]) == 3  # chapter, block, category
+    # Confidences are shares of one probability mass over the beams.
+    assert sum(c["confidence"] for c in answer["codes"]) <= 1.0 + 1e-6
 
 
 def test_batch_jsonl_reports_progress_and_throughput(tmp_path, embedded_model):

@@ -98,7 +98,7 @@ def test_gpu_recipe_is_qlora_with_the_promised_settings():
     assert gpu["mlflow_tracking_uri"].startswith("sqlite:///outputs/")
 
 
-@pytest.mark.parametrize("name", ["qlora.yml", "qlora-multigpu.yml", "qlora-shortlist.yml"])
+@pytest.mark.parametrize("name", ["qlora.yml", "qlora-multigpu.yml", "qlora-shortlist.yml", "qlora-choose.yml"])
 def test_gpu_recipes_pass_axolotl_validation(name):
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
@@ -118,7 +118,7 @@ def test_gpu_recipe_validation_would_catch_a_bad_key():
                         env_capabilities={"torch_version": "2.13.0"})
 
 
-@pytest.mark.parametrize("name", ["demo-cpu.yml", "demo-cpu-shortlist.yml"])
+@pytest.mark.parametrize("name", ["demo-cpu.yml", "demo-cpu-shortlist.yml", "demo-cpu-choose.yml"])
 def test_cpu_recipes_pass_axolotl_load_cfg(name, embedded_model, monkeypatch, tmp_path):
     """The full loader axolotl's CLI uses, on this (GPU-less) machine, on a workspace copy of the
     recipe: load_cfg writes a debug.log into output_dir, which must not be the real run's."""
@@ -136,11 +136,14 @@ def test_cpu_recipes_pass_axolotl_load_cfg(name, embedded_model, monkeypatch, tm
 
 def test_shortlist_recipes_differ_from_their_base_only_in_data_and_outputs():
     allowed = {"datasets", "test_datasets", "sequence_len", "output_dir", "dataset_prepared_path", "mlflow_run_name"}
-    for base, shortlist in (("qlora.yml", "qlora-shortlist.yml"), ("demo-cpu.yml", "demo-cpu-shortlist.yml")):
-        drift = differing_keys(recipe(base), recipe(shortlist))
+    for base, variant, data in (("qlora.yml", "qlora-shortlist.yml", "prepared-shortlist"),
+                                ("demo-cpu.yml", "demo-cpu-shortlist.yml", "prepared-shortlist"),
+                                ("qlora-shortlist.yml", "qlora-choose.yml", "prepared-choose"),
+                                ("demo-cpu-shortlist.yml", "demo-cpu-choose.yml", "prepared-choose")):
+        drift = differing_keys(recipe(base), recipe(variant))
         assert drift <= allowed, drift
-        assert {d["path"] for d in recipe(shortlist)["datasets"]} == {"data/prepared-shortlist/train.jsonl"}
-        assert recipe(shortlist)["output_dir"] != recipe(base)["output_dir"]
+        assert {d["path"] for d in recipe(variant)["datasets"]} == {f"data/{data}/train.jsonl"}
+        assert recipe(variant)["output_dir"] != recipe(base)["output_dir"]
 
 
 def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model):

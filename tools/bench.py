@@ -7,7 +7,12 @@
 4. evaluation: samples/s of icd10_medsynth with the hf backend, batch size 1 vs 8; scoring cost;
 5. predict: valid-code rate and dialogues/s with and without constrained decoding;
 6. retrieval: recall@1/5/10/20/50 (code and category) of each part of the shortlist retriever
-   on the real MedSynth sample, and index fit + shortlist time for 10,000 dialogues.
+   on the real MedSynth sample, and index fit + shortlist time for 10,000 dialogues;
+7. approach_cost: CPU seconds per real dialogue of each approach (Retrieval, generation with and
+   without the shortlist, choice by likelihood with lm-eval's hf model and with the project's
+   one-prompt-pass model, fusion), the model loaded once, medians of repeats;
+8. app: the workbench's confidence calibration (ECE, accuracy per band) on the demo test split and
+   real dialogues, how often the gold code gets an evidence sentence, code-search latency.
 
 A script, not a test: figures depend on the machine, and every figure says which machine.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env, subprocess_env, workspace_env  # noqa: E402
@@ -272,7 +278,7 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
 
 def bench_predict(work: Path) -> dict[str, Any]:
     """Valid-code rate with and without constrained decoding, for the base model and the demo adapter."""
-    from predict import DEFAULT_ADAPTER, Predictor
+    from icd10_coder.predictor import DEFAULT_ADAPTER, Predictor
 
     rows = [json.loads(line) for line in (demo_data(work) / "test.jsonl").read_text().splitlines()]
     models = {"base": None}
@@ -351,6 +357,111 @@ def bench_retrieval(rows: int, repeats: int = 3) -> dict[str, Any]:
     return result
 
 
+# ---------------------------------------------------------------- 7. approach cost
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def bench_approach_cost(work: Path, dialogues: int, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per real dialogue of each approach, through lm-eval as the evaluation runs them (model loaded once)."""
+    if not MEDSYNTH_SAMPLE.is_file():
+        return {"skipped": f"{MEDSYNTH_SAMPLE} is missing"}
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import icd10_coder.lm_eval_retrieval  # noqa: F401  (registers icd10-retrieval)
+    from icd10_coder import choice
+    from icd10_coder.lm_eval_choice import PrefixCachedHFLM
+    from icd10_coder.lm_eval_retrieval import RetrievalLM
+
+    data = work / "cost" / "prepared-shortlist"
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--source", str(MEDSYNTH_SAMPLE), "--out", str(data),
+                    "--unseen-codes", "0.5", "--test-fraction", "0", "--shortlist", "10", "--shortlist-neighbours",
+                    "0", "--tokenizer", "none"], check=True, capture_output=True, env=workspace_env(
+                        Workspace.at(work / "cost"), hub_offline=True))
+    manager = TaskManager(include_path=str(REPO_ROOT / "tasks"), metadata={"data_dir": str(data)})
+    # The CPU figures of the demo settings (as the rest of make bench); lm-eval's default device is cuda.
+    hf = HFLM(pretrained=str(EMBEDDED_MODEL), dtype="float32", batch_size=1, device="cpu")
+    cached = PrefixCachedHFLM(pretrained=str(EMBEDDED_MODEL), dtype="float32", batch_size=1, device="cpu")
+    retrieval = RetrievalLM(cache_dir=str(work / "cost" / "retrieval-cache"), neighbours=0)
+    plain_data = work / "cost" / "prepared"
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--source", str(MEDSYNTH_SAMPLE), "--out",
+                    str(plain_data), "--unseen-codes", "0.5", "--test-fraction", "0", "--tokenizer", "none"],
+                   check=True, capture_output=True, env=subprocess_env(hub_offline=True))
+    plain_manager = TaskManager(include_path=str(REPO_ROOT / "tasks"), metadata={"data_dir": str(plain_data)})
+    runs = {  # name: (model, task, task manager, repeats)
+        "retrieval": (retrieval, "icd10_medsynth_unseen", manager, repeats),
+        "generate, plain prompt": (hf, "icd10_medsynth_unseen", plain_manager, repeats),
+        "generate, shortlist prompt": (hf, "icd10_medsynth_unseen", manager, repeats),
+        "choice, lm-eval hf (10 prompt passes)": (hf, "icd10_medsynth_choice_unseen", manager, 1),
+        "choice, icd10-hf-choice (1 prompt pass)": (cached, "icd10_medsynth_choice_unseen", manager, repeats),
+    }
+    result: dict[str, Any] = {"dialogues": dialogues, "settings": "embedded SmolLM2-135M fp32 on CPU, batch 1, "
+                              "real MedSynth dialogues with a top-10 shortlist, model loading excluded"}
+    for name, (model, task, tasks, times) in runs.items():
+        seconds = []
+        for _ in range(times):
+            started = time.perf_counter()
+            lm_eval.simple_evaluate(model=model, tasks=[task], task_manager=tasks, limit=dialogues,
+                                    apply_chat_template=True, log_samples=False)
+            seconds.append(time.perf_counter() - started)
+        result[name] = {"s_per_dialogue": round(median(seconds) / dialogues, 3), "repeats": times}
+    ten = range(10)
+    rows = [([f"C{i:02d}" for i in ten], [-float(i) for i in ten], [float(10 - i) for i in ten], "C00")] * 1000
+    started = time.perf_counter()
+    choice.exact_rate(rows, 0.5)
+    result["fusion"] = {"s_per_dialogue": round((time.perf_counter() - started) / len(rows), 6), "repeats": 1}
+    plain = result["choice, lm-eval hf (10 prompt passes)"]["s_per_dialogue"]
+    result["choice_speedup"] = round(plain / result["choice, icd10-hf-choice (1 prompt pass)"]["s_per_dialogue"], 1)
+    return result
+
+
+# ---------------------------------------------------------------- 8. app
+
+
+def bench_app(work: Path, real_dialogues: int) -> dict[str, Any]:
+    """Calibration of the workbench's confidence, evidence coverage of gold codes, search latency."""
+    from icd10_coder import calibration
+    from icd10_coder.audit import adapter_hash
+    from icd10_coder.codes import normalize_code, search
+    from icd10_coder.evidence import evidence
+    from icd10_coder.predictor import DEFAULT_ADAPTER, load_suggester, resolve_adapter
+
+    demo_rows = [json.loads(line) for line in (demo_data(work) / "test.jsonl").read_text().splitlines()]
+    splits = {"demo": [(r["dialogue"], r["gold_code"]) for r in demo_rows]}
+    if MEDSYNTH_SAMPLE.is_file():
+        sample = [json.loads(line) for line in MEDSYNTH_SAMPLE.read_text().splitlines() if line.strip()]
+        splits["real"] = [(r["Dialogue"], normalize_code(r["ICD10"])) for r in sample]
+    result: dict[str, Any] = {"evidence": {}, "calibration": {}}
+    for name, pairs in splits.items():
+        covered = sum(bool(evidence(d, g)) for d, g in pairs)
+        result["evidence"][name] = {"n": len(pairs), "gold_with_evidence": round(covered / len(pairs), 4)}
+    adapter = resolve_adapter(None)
+    suggester = load_suggester(str(EMBEDDED_MODEL), None if adapter is None else str(adapter), device="cpu")
+    for name, pairs in splits.items():
+        chosen = pairs if name == "demo" else pairs[:real_dialogues]
+        outcomes = []
+        for dialogue, gold in tqdm(chosen, desc=f"calibration ({name})", unit="dialogue", file=sys.stderr):
+            codes = suggester.suggest([dialogue], 5)[0]["codes"]
+            outcomes.append((codes[0]["confidence"] if codes else 0.0, bool(codes) and codes[0]["code"] == gold))
+        result["calibration"][name] = {
+            **calibration.measure(outcomes), "adapter": str(adapter.relative_to(REPO_ROOT)) if adapter else None,
+            "adapter_sha256": adapter_hash(adapter), "note": "top suggestion's confidence vs exact match"}
+    result["calibration"]["default_adapter_present"] = (DEFAULT_ADAPTER / "adapter_config.json").is_file()
+    queries = ["diabetis type 2", "E11.9", "pain in left knee", "pneumonia", "fracture of femur"]
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for query in queries:
+            search(query)
+        times.append((time.perf_counter() - started) / len(queries))
+    result["search_ms_median"] = round(median(times) * 1000, 1)
+    return result
+
+
 def markdown(bench: dict[str, Any]) -> str:
     hw = bench["hardware"]
     lines = [f"# Benchmarks ({bench['generated_at']})", "",
@@ -401,20 +512,45 @@ def markdown(bench: dict[str, Any]) -> str:
         sc = r["scale"]
         lines += ["", f"- retrieval index fit {sc['fit_s_median']} s, shortlist of {sc['dialogues']} dialogues "
                   f"{sc['shortlist_s_median']} s ({sc['ms_per_dialogue']} ms each; medians of {sc['repeats']})"]
+    if "approach_cost" in bench and "skipped" not in bench["approach_cost"]:
+        c = bench["approach_cost"]
+        lines += ["", f"CPU cost per real dialogue ({c['settings']}; {c['dialogues']} dialogues):", "",
+                  "| approach | s per dialogue | repeats |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {v['s_per_dialogue']} | {v['repeats']} |" for name, v in c.items()
+                  if isinstance(v, dict)]
+        lines.append(f"\nOne prompt pass makes choice by likelihood {c['choice_speedup']}x faster.")
+    if "app" in bench:
+        a = bench["app"]
+        lines += ["", "Workbench (make app):", ""]
+        for name, cal in a["calibration"].items():
+            if isinstance(cal, dict):
+                bands = ", ".join(f"{b} {v['accuracy'] if v['accuracy'] is not None else '–'} (n={v['n']})"
+                                  for b, v in cal["bands"].items())
+                lines.append(f"- calibration on {name} ({cal['n']} dialogues, adapter {cal['adapter']}): ECE "
+                             f"{cal['ece']}, top-1 accuracy {cal['accuracy']}; accuracy per band: {bands}")
+        for name, ev in a["evidence"].items():
+            lines.append(f"- evidence: gold code has a highlighted sentence in {ev['gold_with_evidence']:.0%} of "
+                         f"{ev['n']} {name} dialogues")
+        lines.append(f"- code search: {a['search_ms_median']} ms per query (median)")
     return "\n".join(lines) + "\n"
 
 
-STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval")
+STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval", "approach_cost", "app")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--rows", type=int, default=10_000, show_default=True, help="Synthetic rows for the prepare benchmark.")
 @click.option("--train-steps", type=int, default=6, show_default=True, help="Optimiser steps per training run.")
 @click.option("--eval-limit", type=int, default=8, show_default=True, help="Test dialogues per evaluation run.")
+@click.option("--cost-dialogues", type=int, default=3, show_default=True,
+              help="Real dialogues per approach in the approach_cost stage.")
+@click.option("--app-dialogues", type=int, default=20, show_default=True,
+              help="Real dialogues for the app stage's calibration (all demo test dialogues are used too).")
 @click.option("--only", multiple=True, type=click.Choice(STAGES), help="Run only these stages (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
               show_default=True)
-def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], out: Path) -> None:
+def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_dialogues: int,
+         only: tuple[str, ...], out: Path) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)
     stages = only or STAGES
@@ -427,7 +563,9 @@ def main(rows: int, train_steps: int, eval_limit: int, only: tuple[str, ...], ou
         runners = {"prepare": lambda: bench_prepare(rows, work), "tokens": lambda: bench_tokens(work, 4),
                    "training": lambda: bench_training(work, train_steps),
                    "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work),
-                   "retrieval": lambda: bench_retrieval(rows)}
+                   "retrieval": lambda: bench_retrieval(rows),
+                   "approach_cost": lambda: bench_approach_cost(work, cost_dialogues),
+                   "app": lambda: bench_app(work, app_dialogues)}
         for stage in STAGES:
             if stage not in stages:
                 continue

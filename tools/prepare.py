@@ -56,6 +56,7 @@ class Example:
     validity: str
     group: str = field(default="")  # hash of the dialogue: identical dialogues share a split
     candidates: tuple[str, ...] = ()  # retrieval shortlist shown in the prompt (prepare --shortlist)
+    candidate_scores: tuple[float, ...] = ()  # the retriever's score per candidate (fusion: tools/fuse.py)
 
 
 # ---------------------------------------------------------------- loading
@@ -231,14 +232,16 @@ def training_record(example: Example) -> dict[str, Any]:
 
     ``dialogue`` and ``gold_code`` ride along (axolotl drops columns it does not use) for the
     retrieval index's nearest-neighbour part. The answer is always the gold code, also when
-    it is missing from the row's shortlist: the list is a hint, not a cage.
+    it is missing from the row's shortlist: the list is a hint, not a cage. The shortlist
+    itself rides along too, for the choice task on the validation split.
     """
     from icd10_coder.codes import description
     from icd10_coder.prompts import chat_messages, render_answer
 
     answer = render_answer(example.code, description(example.code) or "")
     return {"messages": chat_messages(example.dialogue, answer, list(example.candidates) or None),
-            "dialogue": example.dialogue, "gold_code": example.code}
+            "id": example.row_id, "dialogue": example.dialogue, "gold_code": example.code,
+            "candidates": list(example.candidates), "candidate_scores": list(example.candidate_scores)}
 
 
 def evaluation_record(example: Example) -> dict[str, Any]:
@@ -252,6 +255,7 @@ def evaluation_record(example: Example) -> dict[str, Any]:
         "system": render_system(),
         "user": render_user(example.dialogue, list(example.candidates) or None),
         "candidates": list(example.candidates),
+        "candidate_scores": list(example.candidate_scores),
         "dialogue": example.dialogue,
         "gold_code": example.code,
         "gold_description": description(example.code),
@@ -260,6 +264,31 @@ def evaluation_record(example: Example) -> dict[str, Any]:
         "block": place.block if place else None,
         "chapter": place.chapter if place else None,
     }
+
+
+def teach_choice(splits: dict[str, list[Example]], seed: int) -> dict[str, Any]:
+    """Rewrite the train and validation shortlists to teach choosing (``prepare --choose``).
+
+    Each row's list always holds the gold code (when the lookup missed it, it replaces the
+    last candidate: every row teaches a choice among hard negatives, the retriever's own
+    near misses) and is shuffled, so "copy the first candidate" stops being a winning rule.
+    Test rows keep the retriever's ranked list, exactly as every other shortlist approach sees it.
+    """
+    rng = random.Random(seed)
+    inserted = 0
+    for name in ("train", "val"):
+        for example in splits[name]:
+            pairs = list(zip(example.candidates, example.candidate_scores, strict=True))
+            if example.code not in example.candidates:
+                inserted += 1
+                pairs[-1:] = [(example.code, min(example.candidate_scores, default=0.0))]
+            rng.shuffle(pairs)
+            example.candidates = tuple(code for code, _ in pairs)
+            example.candidate_scores = tuple(score for _, score in pairs)
+    rows = len(splits["train"]) + len(splits["val"])
+    return {"gold_inserted": inserted, "rows": rows,
+            "method": "train/val shortlists shuffled; a gold code the lookup missed replaces the last candidate; "
+                      "test rows keep the ranked list"}
 
 
 # ---------------------------------------------------------------- data card
@@ -387,6 +416,7 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
             lists += retriever.shortlist([e.dialogue for e in chunk], k, exclude_self=own)
         for example, ranked in zip(examples, lists, strict=True):
             example.candidates = tuple(code for code, _ in ranked)
+            example.candidate_scores = tuple(score for _, score in ranked)
         recall[name] = round(sum(e.code in e.candidates for e in examples) / len(examples), 4)
     return {"k": k, "recall_at_k": recall, "retriever": {**settings.__dict__, "views": list(settings.views)},
             "gold_not_in_shortlist": "kept; the training answer stays the gold code (the list is a hint)"}
@@ -438,6 +468,9 @@ def data_card_markdown(card: dict[str, Any]) -> str:
         lines.append(f"- Shortlist in every prompt: top {short['k']} retrieval candidates; gold code in the "
                      "shortlist (recall@k): " + ", ".join(f"{k} {v:.3f}" for k, v in short["recall_at_k"].items())
                      + f"; gold not in the shortlist: {short['gold_not_in_shortlist']}")
+        if short.get("choose"):
+            lines.append(f"- Trained to choose (--choose): {short['choose']['method']}; gold inserted in "
+                         f"{short['choose']['gold_inserted']} of {short['choose']['rows']} train/val rows")
     if card["token_lengths"]:
         lines += ["", f"Token lengths ({card['token_lengths']['tokenizer']}):", "",
                   "| what | min | p50 | p90 | p95 | p99 | max |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -524,9 +557,13 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
 @click.option("--shortlist", "shortlist_k", type=click.IntRange(1, 50), default=None, metavar="K",
               help="Add the top K retrieval candidates (code + description) to every prompt; written to the "
                    "workspace's prepared-shortlist/ (data/prepared-shortlist) unless --out says otherwise.")
+@click.option("--choose", is_flag=True,
+              help="With --shortlist: training rows teach choosing (gold always on the list, list shuffled); "
+                   "written to prepared-choose/ (data/prepared-choose) for recipes/*-choose.yml.")
 def main(source: str | None, workspace: str | None, out: Path | None, seed: int, demo: bool,
          val_fraction: float, test_fraction: float, unseen_fraction: float, code_policy: str, deidentify: bool,
-         tokenizer: str, limit: int | None, shortlist_neighbours: int, shortlist_k: int | None) -> None:
+         tokenizer: str, limit: int | None, shortlist_neighbours: int, shortlist_k: int | None,
+         choose: bool) -> None:
     """Turn MedSynth (or a local export, or --demo data) into axolotl and lm-eval files."""
     apply_offline_env()
     if demo and source:
@@ -535,8 +572,10 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
         space = Workspace.at(workspace)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
+    if choose and not shortlist_k:
+        raise click.UsageError("--choose needs --shortlist K (the candidates to choose from)")
     if out is None:
-        out = space.prepared_shortlist if shortlist_k else space.prepared
+        out = space.prepared_choose if choose else space.prepared_shortlist if shortlist_k else space.prepared
     raw, source_name = load_rows(source, demo)
     rows = canonical_columns(raw[:limit] if limit else raw, source_name)
     kept, dropped = clean_rows(rows, code_policy, deidentify)
@@ -547,16 +586,19 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
     splits = split_examples(kept, seed, val_fraction, test_fraction, unseen_fraction)
     shortlist = add_shortlists(splits, shortlist_k, space.retrieval_cache, shortlist_neighbours) if shortlist_k \
         else None
+    if shortlist and choose:
+        shortlist["choose"] = teach_choice(splits, seed)
     lengths = token_lengths(tokenizer, splits)
     warn_over_length(lengths)
     options = {"seed": seed, "demo": demo, "val_fraction": val_fraction, "test_fraction": test_fraction,
                "unseen_codes": unseen_fraction, "code_policy": code_policy, "deidentify": deidentify,
-               "limit": limit, "shortlist": shortlist_k}
+               "limit": limit, "shortlist": shortlist_k, "choose": choose}
     card = write_outputs(out, splits, {"source": source_name, "rows_in": len(rows), "kept": kept,
                                        "dropped": dropped, "lengths": lengths, "options": options,
                                        "shortlist": shortlist})
     click.echo(data_card_markdown(card))
-    if out.resolve() in (space.prepared.resolve(), space.prepared_shortlist.resolve()):
+    if out.resolve() in (space.prepared.resolve(), space.prepared_shortlist.resolve(),
+                         space.prepared_choose.resolve()):
         from icd10_coder.tracking import use_experiment
 
         use_experiment(space)  # before axolotl can create it with artifacts under ./mlruns

@@ -28,6 +28,7 @@ import click
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder.choice import predicted_codes  # noqa: E402
 from icd10_coder.codes import chapter_title  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
 from icd10_coder.paths import display_path  # noqa: E402
@@ -40,16 +41,33 @@ LABELS = {"retrieval": "Retrieval (no model)", "baseline-llm": "Baseline LLM", "
 # Paired tests for the headline metrics only: every pair of up to 7 approaches times 7
 # metrics would be ~150 tests, and the Holm correction over them would hide everything.
 PAIRED_METRICS = ("exact_match", "category_match")
-SHORTLIST_SUFFIX = "-shortlist"  # run_eval --shortlist: the same approach on prompts with the shortlist
+# Paired tests of every approach against every other while there are at most this many;
+# beyond, each approach against Retrieval only (the floor), so Holm's correction stays meaningful.
+ALL_PAIRS_UP_TO = 5
+REFERENCE = "retrieval"
+# Results-folder name parts after the approach (run_eval --shortlist / --name, tools/fuse.py).
+VARIANTS = {"choose": "trained to choose", "shortlist": "+ shortlist", "choice": "choice by likelihood",
+            "fused": "fused with retrieval"}
 
 
 def label(name: str) -> str:
-    """Display name: ``finetuned-slm-shortlist`` -> "Finetuned SLM + shortlist"."""
-    if name.endswith(SHORTLIST_SUFFIX) and name.removesuffix(SHORTLIST_SUFFIX) in LABELS:
-        return LABELS[name.removesuffix(SHORTLIST_SUFFIX)] + " + shortlist"
-    return LABELS.get(name, name)
+    """Display name: ``finetuned-slm-shortlist`` -> "Finetuned SLM + shortlist",
+    ``finetuned-slm-choose-choice-shortlist-fused`` -> "Finetuned SLM trained to choose + shortlist
+    (choice by likelihood, fused with retrieval)"."""
+    base = next((b for b in sorted(LABELS, key=len, reverse=True) if name == b or name.startswith(b + "-")), None)
+    parts = name[len(base) + 1:].split("-") if base and name != base else []
+    if base is None or any(part not in VARIANTS for part in parts):
+        return LABELS.get(name, name)
+    words = [LABELS[base]] + [VARIANTS[p] for p in ("choose", "shortlist") if p in parts]
+    extra = [VARIANTS[p] for p in ("choice", "fused") if p in parts]
+    return " ".join(words) + (f" ({', '.join(extra)})" if extra else "")
+
+
 TASK = "icd10_medsynth"
 UNSEEN_TASK = "icd10_medsynth_unseen"
+# The lm-eval tasks whose results fill each table: generation, and choice by likelihood (and
+# tools/fuse.py's fused rankings, which keep the choice task's name).
+TASK_VARIANTS = {TASK: (TASK, "icd10_medsynth_choice"), UNSEEN_TASK: (UNSEEN_TASK, "icd10_medsynth_choice_unseen")}
 TASK_TITLES = {TASK: "Test split (codes seen in training)", UNSEEN_TASK: "Unseen codes (never seen in training)"}
 MISSING_NAME = "missing.json"
 Z95 = 1.959963984540054
@@ -59,7 +77,8 @@ Z95 = 1.959963984540054
 class Approach:
     name: str
     folder: Path
-    task: str = TASK
+    task: str = TASK  # the table: test split or unseen codes
+    results_task: str = TASK  # the lm-eval task that produced the results (generation or choice variant)
     model: str = ""
     results: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -71,7 +90,8 @@ class Approach:
     @property
     def n(self) -> int:
         """Test dialogues scored: the sample log's length, else lm-eval's own count."""
-        return len(self.samples) or int(self.results.get("n-samples", {}).get(self.task, {}).get("effective", 0))
+        return len(self.samples) or \
+            int(self.results.get("n-samples", {}).get(self.results_task, {}).get("effective", 0))
 
     def per_item(self, metric: str) -> dict[str, int]:
         """Per-sample 0/1 values keyed by test item id."""
@@ -105,9 +125,10 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     if results_file is None:
         return None
     results = json.loads(results_file.read_text())
-    if task not in results.get("results", {}):
+    results_task = next((t for t in TASK_VARIANTS[task] if t in results.get("results", {})), None)
+    if results_task is None:
         return None
-    approach = Approach(name=folder.name, folder=folder, task=task)
+    approach = Approach(name=folder.name, folder=folder, task=task, results_task=results_task)
     approach.results = results
     run_config = folder / "run_config.yml"
     recorded = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
@@ -118,7 +139,7 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     approach.model = " + ".join(display_path(str(model_args[k])) for k in parts if model_args.get(k)) or \
         str(recorded.get("model") or "")  # no model at all: the model type (icd10-retrieval)
     # Timestamps start with a digit: icd10_medsynth_2026-... but not icd10_medsynth_unseen_2026-...
-    samples_file = newest(results_file.parent, f"samples_{task}_[0-9]*.jsonl")
+    samples_file = newest(results_file.parent, f"samples_{results_task}_[0-9]*.jsonl")
     if samples_file is not None:
         approach.samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
     return approach
@@ -136,11 +157,12 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 
 
 def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
-    task_results = approach.results.get("results", {}).get(approach.task, {})
+    task_results = approach.results.get("results", {}).get(approach.results_task, {})
     summary = {}
     for metric in METRICS:
         values = list(approach.per_item(metric).values()) if approach.samples else None
-        mean = sum(values) / len(values) if values else task_results.get(f"{metric},parsed_codes")
+        mean = sum(values) / len(values) if values else \
+            task_results.get(f"{metric},parsed_codes", task_results.get(f"{metric},none"))
         n = approach.n
         low, high = wilson(round(mean * n), n) if mean is not None and n else (math.nan, math.nan)
         summary[metric] = {"mean": mean, "ci95_low": low, "ci95_high": high,
@@ -170,8 +192,13 @@ def mcnemar(a: dict[str, int], b: dict[str, int], lower_is_better: bool = False)
 
 
 def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
+    """Every pair while there are few approaches; with more, each one against Retrieval (the floor)."""
     tests = []
-    for a, b in combinations([x for x in approaches if x.samples], 2):
+    logged = [x for x in approaches if x.samples]
+    pairs = list(combinations(logged, 2))
+    if len(logged) > ALL_PAIRS_UP_TO and any(x.name == REFERENCE for x in logged):
+        pairs = [(a, b) for a, b in pairs if a.name == REFERENCE]
+    for a, b in pairs:
         for metric in PAIRED_METRICS:
             result = mcnemar(a.per_item(metric), b.per_item(metric), lower_is_better=metric in LOWER_IS_BETTER)
             tests.append({"task": a.task, "a": a.name, "b": b.name, "metric": metric, **result})
@@ -190,7 +217,7 @@ def holm(tests: list[dict[str, Any]]) -> None:
 def confusions(approach: Approach, top: int = 10) -> list[tuple[str, str, int]]:
     pairs = Counter()
     for s in approach.samples:
-        predicted = (s.get("filtered_resps") or [""])[0].split(", ")[0] or "(none)"
+        predicted = next(iter(predicted_codes(s)), "(none)")
         if not s["exact_match"]:
             pairs[(s["doc"]["gold_code"], predicted)] += 1
     return [(gold, pred, n) for (gold, pred), n in pairs.most_common(top)]
@@ -343,7 +370,8 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
                   "**p (Holm)** is corrected over all of them (Holm–Bonferroni, family-wise error 5%): read "
                   "a difference as unlikely to be luck only when p (Holm) < 0.05. \"Only A better\" counts the "
                   "items where A scored better than B (for a lower-is-better metric such as parse_failure_rate: "
-                  f"where only B failed). Tests cover {' and '.join(PAIRED_METRICS)}.", ""]
+                  f"where only B failed). Tests cover {' and '.join(PAIRED_METRICS)}; with more than {ALL_PAIRS_UP_TO} "
+                  "approaches, each is tested against Retrieval only.", ""]
         for task, _, tests in sections:
             if tests:
                 lines += [f"### {TASK_TITLES[task]}", ""] + paired_rows(tests) + [""]

@@ -11,6 +11,10 @@ CLI with telemetry off, and makes the written files private. When the prepared d
 ``test_unseen.jsonl`` (``prepare --unseen-codes``), that split is scored too, as task
 ``icd10_medsynth_unseen``. An API endpoint where no server answers is recorded as
 ``missing.json`` with the reason (the report shows it) and the other configs still run.
+
+Choice configs (``recipes/eval/*-choice.yml``, task ``icd10_medsynth_choice``) need
+``--shortlist``; ``--split val`` scores them on the validation split into ``eval-val/``, where
+``tools/fuse.py`` chooses the fusion weight before applying it to the test results.
 """
 
 from __future__ import annotations
@@ -36,10 +40,17 @@ from icd10_coder.workspace import Workspace  # noqa: E402
 
 TASK = "icd10_medsynth"
 UNSEEN_TASK = "icd10_medsynth_unseen"
+# Choice by likelihood (icd10_coder/choice.py): scores the shortlist's answer lines, so it needs
+# shortlist data; its validation-split variant feeds tools/fuse.py.
+CHOICE_TASK = "icd10_medsynth_choice"
+UNSEEN_TASKS = {TASK: UNSEEN_TASK, CHOICE_TASK: "icd10_medsynth_choice_unseen"}
+VAL_TASKS = {CHOICE_TASK: "icd10_medsynth_choice_val"}
 UNSEEN_FILE = "test_unseen.jsonl"
 SECRET_KEYS = {"api_key", "auth_token", "token"}
 # Where each local backend takes the LoRA adapter.
-ADAPTER_KEY = {"hf": "peft", "vllm": "lora_local_path"}
+ADAPTER_KEY = {"hf": "peft", "icd10-hf-choice": "peft", "vllm": "lora_local_path"}
+# lm-eval's hf model, and the project's subclass of it for the choice task (one prompt pass per dialogue).
+HF_ENGINES = ("hf", "icd10-hf-choice")
 # Sequences per forward pass for the hf backend with a GPU recipe (the configs say 1, for CPU).
 GPU_HF_BATCH_SIZE = 16
 # vLLM pins its own torch and transformers, which axolotl's cannot share: it lives in its own
@@ -82,7 +93,8 @@ def recipe_model_args(recipe: Path, workspace: Workspace | None = None, engine: 
 
 def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, data_dir: Path | None,
                 allow_remote: bool, recipe: Path | None = None, workspace: Workspace | None = None,
-                batch_size: str | None = None, shortlist: bool = False, unseen_only: bool = False) -> dict[str, Any]:
+                batch_size: str | None = None, shortlist: bool = False, unseen_only: bool = False,
+                split: str = "test", name: str | None = None) -> dict[str, Any]:
     """Read, override and check one run config; raise ClickException on anything unsafe.
 
     An API endpoint where nothing listens is not an error: the config comes back with
@@ -92,8 +104,15 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if not path.is_file():
         raise click.ClickException(f"{path}: no such run config")
     config = yaml.safe_load(path.read_text()) or {}
-    if TASK not in (config.get("tasks") or []):
-        raise click.ClickException(f"{path}: expected tasks: [{TASK}]")
+    task = next((t for t in config.get("tasks") or [] if t in UNSEEN_TASKS), None)
+    if task is None:
+        raise click.ClickException(f"{path}: expected tasks: [{TASK}] or [{CHOICE_TASK}]")
+    if task == CHOICE_TASK and not shortlist and data_dir is None:
+        raise click.ClickException(f"{path}: the choice task scores the shortlist's candidates: add --shortlist "
+                                   "(data prepared with --shortlist K)")
+    if split == "val" and task not in VAL_TASKS:
+        raise click.ClickException(f"{path}: --split val is for the choice task (the fusion weight); "
+                                   "the test split is what generation approaches are compared on")
     model_args = dict(config.get("model_args") or {})
     engine = config.get("model", "hf")
     adapter_key = ADAPTER_KEY.get(engine)
@@ -104,7 +123,7 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
         if adapter_key not in model_args:  # a baseline config: the recipe's base model, no adapter
             from_recipe = {k: v for k, v in from_recipe.items() if k not in (adapter_key, "max_lora_rank")}
         model_args.update(from_recipe)
-        if engine == "hf" and is_gpu_recipe(read_recipe(recipe)) and batch_size is None:
+        if engine in HF_ENGINES and is_gpu_recipe(read_recipe(recipe)) and batch_size is None:
             config["batch_size"] = GPU_HF_BATCH_SIZE
     if batch_size is not None:
         config["batch_size"] = _parse_value(batch_size)
@@ -139,18 +158,24 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
         config["limit"] = limit
     data = (data_dir or (workspace.prepared_shortlist if shortlist else workspace.prepared)).resolve()
     config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data)}
-    if unseen_only:
+    if split == "val":
+        config["tasks"] = [VAL_TASKS[task]]
+    elif unseen_only:
         if not (data / UNSEEN_FILE).is_file():
             raise click.ClickException(f"--unseen-only: {display_path(data / UNSEEN_FILE)} does not exist "
                                        "(prepare with --unseen-codes)")
-        config["tasks"] = [UNSEEN_TASK]
-    elif (data / UNSEEN_FILE).is_file() and UNSEEN_TASK not in config["tasks"]:
-        config["tasks"] = [*config["tasks"], UNSEEN_TASK]
+        config["tasks"] = [UNSEEN_TASKS[task]]
+    elif (data / UNSEEN_FILE).is_file() and UNSEEN_TASKS[task] not in config["tasks"]:
+        config["tasks"] = [*config["tasks"], UNSEEN_TASKS[task]]
     if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
         model_args["train"] = str(data / "train.jsonl")
         model_args["cache_dir"] = str(workspace.retrieval_cache)
-    output = str(workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}"))
-    config["output_path"] = output + (SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else "")
+    output = workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}")
+    if name:
+        output = workspace.eval_dir / name
+    if split == "val":  # apart from the test results, which the report reads
+        output = workspace.validation_dir / output.name
+    config["output_path"] = str(output) + (SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else "")
     if config.get("include_path") in (None, "tasks"):
         config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
     return config
@@ -217,20 +242,28 @@ def portable(config: dict[str, Any]) -> dict[str, Any]:
               help="Evaluate on the prompts with the retrieval shortlist (prepare --shortlist K): the workspace's "
                    "prepared-shortlist/, results in eval/<approach>-shortlist/.")
 @click.option("--unseen-only", is_flag=True, help="Score only test_unseen.jsonl (task icd10_medsynth_unseen).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="val: score the validation split (choice configs only), results in the workspace's eval-val/, "
+                   "for choosing the fusion weight (tools/fuse.py) without touching the test split.")
+@click.option("--name", default=None, metavar="NAME",
+              help="Results folder name instead of the config's (e.g. finetuned-slm-choose-choice for an adapter "
+                   "trained to choose); --shortlist still appends -shortlist.")
 @click.option("--batch-size", default=None, metavar="N|auto",
               help="Override the configs' batch_size (default: theirs; 16 for the hf backend with a GPU recipe).")
 @click.option("--allow-remote-endpoint", is_flag=True,
               help="Allow an API endpoint outside loopback/private networks (dialogues leave your network!).")
 def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, ...], workspace: str | None,
-         data_dir: Path | None, recipe: Path | None, shortlist: bool, unseen_only: bool, batch_size: str | None,
-         allow_remote_endpoint: bool) -> None:
+         data_dir: Path | None, recipe: Path | None, shortlist: bool, unseen_only: bool, split: str,
+         name: str | None, batch_size: str | None, allow_remote_endpoint: bool) -> None:
     """Evaluate each approach config with lm-eval's icd10_medsynth task; results go to the workspace's eval/."""
     try:
         space = Workspace.at(workspace)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
+    if name and len(configs) > 1:
+        raise click.ClickException("--name names one results folder: give one config")
     checked = [(path, load_config(path, overrides, limit, data_dir, allow_remote_endpoint, recipe, space,
-                                  batch_size, shortlist, unseen_only)) for path in configs]
+                                  batch_size, shortlist, unseen_only, split, name)) for path in configs]
     os.umask(0o077)  # results and sample logs quote dialogues: owner-only from the start
     for path, config in checked:
         if config.get("_missing"):

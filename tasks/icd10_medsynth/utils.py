@@ -12,6 +12,7 @@ from pathlib import Path
 
 import datasets
 
+from icd10_coder import choice
 from icd10_coder.parsing import extract_codes
 from icd10_coder.scoring import score_codes
 from icd10_coder.workspace import Workspace
@@ -39,6 +40,18 @@ def load_prepared_unseen(data_dir: str | None = None, **_: object) -> datasets.D
     return _load_split("test_unseen.jsonl", data_dir)
 
 
+def load_prepared_val(data_dir: str | None = None, **_: object) -> datasets.DatasetDict:
+    """The validation split (training-format rows), as test-format documents: system and user
+    prompt from the messages, gold code and shortlist from the row (choice task, fusion weight)."""
+    split = _load_split("val.jsonl", data_dir)["test"]
+    return datasets.DatasetDict({"test": split.map(_as_test_document, remove_columns=["messages"])})
+
+
+def _as_test_document(row: dict) -> dict:
+    messages = {m["role"]: m["content"] for m in row["messages"]}
+    return {"system": messages["system"], "user": messages["user"]}
+
+
 def parse_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     """Filter: each raw answer becomes its parsed codes, joined ('' when none parsed)."""
     return [[CODE_SEPARATOR.join(extract_codes(answer)) for answer in answers] for answers in resps]
@@ -47,3 +60,18 @@ def parse_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]
 def process_results(doc: dict, results: list[str]) -> dict[str, int]:
     codes = [code for code in results[0].split(CODE_SEPARATOR) if code]
     return score_codes(doc["gold_code"], codes)
+
+
+def choice_lines(doc: dict) -> list[str]:
+    """The candidates' answer lines the choice task scores (needs prompts with a shortlist)."""
+    if not doc.get("candidates"):
+        raise ValueError(f"row {doc.get('id')}: no shortlist candidates; the choice task needs data prepared "
+                         "with --shortlist K (run_eval.py --shortlist)")
+    return choice.answer_lines(doc["candidates"])
+
+
+def process_choice_results(doc: dict, results: list[tuple[float, bool]]) -> dict[str, int]:
+    """Rank the candidates by log-likelihood per character; score the ranking like an answer."""
+    loglikelihoods = [float(ll) for ll, _ in results]
+    return score_codes(doc["gold_code"], choice.rank(doc["candidates"], choice.per_char(loglikelihoods,
+                                                                                         doc["candidates"])))

@@ -105,7 +105,7 @@ def description(code: str) -> str | None:
 
 @lru_cache(maxsize=64)
 def chapter_title(chapter: str) -> str:
-    """Human title of a chapter id such as ``13``."""
+    """Human title of a chapter id such as ``13`` (or of a block id such as ``E08-E13``)."""
     return cm.get_description(chapter) if cm.is_valid_item(chapter) else chapter
 
 
@@ -113,3 +113,56 @@ def chapter_title(chapter: str) -> str:
 def billable_codes() -> tuple[str, ...]:
     """Every billable ICD-10-CM code, dotted, sorted (about 74,000)."""
     return tuple(sorted(c for c in (normalize_code(x) for x in cm.get_all_codes(True)) if c and is_billable(c)))
+
+
+@lru_cache(maxsize=1)
+def _search_index() -> tuple[tuple[str, ...], dict[str, frozenset[int]]]:
+    """Every code (billable and parent) and an inverted index word -> code positions."""
+    codes = tuple(sorted({c for c in (normalize_code(x) for x in cm.get_all_codes(True)) if c}))
+    index: dict[str, set[int]] = {}
+    for position, code in enumerate(codes):
+        for word in re.findall(r"[a-z0-9]+", (description(code) or "").lower()):
+            index.setdefault(word, set()).add(position)
+    return codes, {word: frozenset(found) for word, found in index.items()}
+
+
+def search(query: str, limit: int = 20) -> list[str]:
+    """ICD-10-CM codes for a code or words typed by a coder, best first, billable codes first.
+
+    A code (``E11.9``, ``e119``, ``E11``) lists itself and its descendants. Words match
+    description words exactly, by prefix (``diab`` -> diabetes) or, for typos, by similarity
+    (``diabetis`` -> diabetes, difflib ratio >= 0.8); a code ranks by the share of query words
+    it matches, then billable before parent, then shorter description.
+    """
+    import difflib
+
+    query = query.strip()
+    if not query:
+        return []
+    codes, index = _search_index()
+    canonical = normalize_code(query)
+    if canonical is not None:
+        flat = _undotted(canonical)
+        found = [c for c in codes if _undotted(c).startswith(flat)]
+        if found:
+            return sorted(found, key=lambda c: (c != canonical, not is_billable(c), len(c), c))[:limit]
+    words = [w for w in re.findall(r"[a-z0-9]+", query.lower()) if len(w) > 1 or w.isdigit()]
+    if not words:
+        return []
+    vocabulary = list(index)
+    scores: dict[int, float] = {}
+    for word in words:
+        matches = {v: 1.0 for v in vocabulary if v.startswith(word)} if len(word) >= 3 else {}
+        if word in index:
+            matches[word] = 1.0
+        for close in difflib.get_close_matches(word, vocabulary, n=5, cutoff=0.8):
+            matches.setdefault(close, difflib.SequenceMatcher(None, word, close).ratio())
+        best: dict[int, float] = {}
+        for match, weight in matches.items():
+            for position in index[match]:
+                best[position] = max(best.get(position, 0.0), weight)
+        for position, weight in best.items():
+            scores[position] = scores.get(position, 0.0) + weight
+    ranked = sorted(scores, key=lambda p: (-scores[p], not is_billable(codes[p]), len(description(codes[p]) or ""),
+                                           codes[p]))
+    return [codes[p] for p in ranked[:limit]]

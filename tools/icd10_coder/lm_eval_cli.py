@@ -1,4 +1,4 @@
-"""``lm_eval`` with the project's own model types registered (``icd10-retrieval``).
+"""``lm_eval`` with the project's own model types registered (``icd10-retrieval``, ``icd10-hf-choice``).
 
     python -m icd10_coder.lm_eval_cli run --config recipes/eval/retrieval.yml
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from lm_eval.__main__ import cli_evaluate
 
+import icd10_coder.lm_eval_choice  # noqa: F401  (registers "icd10-hf-choice")
 import icd10_coder.lm_eval_retrieval  # noqa: F401  (registers "icd10-retrieval")
 
 if __name__ == "__main__":

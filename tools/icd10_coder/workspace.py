@@ -72,6 +72,16 @@ class Workspace:
         return self.prepared.with_name("prepared-shortlist")
 
     @property
+    def prepared_choose(self) -> Path:
+        """Shortlist data whose training rows teach choosing (``prepare --shortlist K --choose``)."""
+        return self.prepared.with_name("prepared-choose")
+
+    @property
+    def validation_dir(self) -> Path:
+        """Results on the validation split (``run_eval --split val``), kept apart from the test results."""
+        return self.outputs / "eval-val"
+
+    @property
     def retrieval_cache(self) -> Path:
         """Fitted retrieval indexes (icd10_coder.retrieval), rebuilt when their inputs change."""
         return self.outputs / "retrieval-cache"
@@ -97,6 +107,11 @@ class Workspace:
     def datasets_cache(self) -> Path:
         """HF datasets cache for axolotl and lm-eval: owner-only, inside the workspace."""
         return self.outputs / "datasets-cache"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The coder's decisions from the app (owner-only, append-only JSONL)."""
+        return self.outputs / "audit"
 
     @property
     def recipes_dir(self) -> Path:

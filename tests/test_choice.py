@@ -1,0 +1,212 @@
+"""Choice by likelihood, fusion with retrieval, and training rows that teach choosing (issue: beat the lookup)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import prepare_demo
+
+import fuse
+import report
+import run_eval
+from icd10_coder import choice
+from icd10_coder.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = str(REPO / "tasks")
+
+
+# ---------------------------------------------------------------- ranking and fusion
+
+
+def test_rank_orders_by_score_and_keeps_list_order_on_ties():
+    assert choice.rank(["A00.0", "B00.0", "C00.0"], [-2.0, -1.0, -1.0]) == ["B00.0", "C00.0", "A00.0"]
+
+
+def test_per_char_scores_do_not_punish_long_descriptions():
+    short, long = "E11.9", "E11.65"  # "...without complications" vs "...with hyperglycemia": different lengths
+    lines = choice.answer_lines([short, long])
+    per_char = choice.per_char([-len(lines[0]) * 0.5, -len(lines[1]) * 0.5], [short, long])
+    assert per_char == [pytest.approx(-0.5), pytest.approx(-0.5)]
+
+
+def test_fusion_weight_zero_is_the_retriever_and_one_the_model():
+    model, retrieval = [-3.0, -1.0, -2.0], [0.05, 0.01, 0.03]
+    candidates = ["A", "B", "C"]
+    assert choice.rank(candidates, choice.fused_scores(model, retrieval, 0.0)) == ["A", "C", "B"]
+    assert choice.rank(candidates, choice.fused_scores(model, retrieval, 1.0)) == ["B", "C", "A"]
+    with pytest.raises(ValueError):
+        choice.fused_scores(model, retrieval, 1.5)
+
+
+def test_choose_weight_picks_the_best_validation_weight_and_breaks_ties_towards_an_even_mix():
+    # Row 1: the model is right, the retriever wrong; row 2: both right. Only weights > ~0.5 get row 1.
+    rows = [(["A", "B"], [-1.0, -2.0], [0.01, 0.05], "A"), (["A", "B"], [-1.0, -2.0], [0.05, 0.01], "A")]
+    weight, curve = choice.choose_weight(rows)
+    assert curve[0.0] == 0.5 and curve[1.0] == 1.0 and curve[weight] == 1.0
+    assert weight == min((w for w, v in curve.items() if v == 1.0), key=lambda w: (abs(w - 0.5), w))
+    flat, _ = choice.choose_weight([(["A"], [-1.0], [0.1], "A")])
+    assert flat == 0.5
+    with pytest.raises(ValueError):
+        choice.choose_weight([])
+
+
+def test_choice_results_are_scored_like_an_answer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("task_utils", REPO / "tasks" / "icd10_medsynth" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    doc = {"gold_code": "E11.9", "candidates": ["E11.65", "E11.9", "I10"]}
+    lines = choice.answer_lines(doc["candidates"])
+    results = [(-2.0 * len(lines[0]), False), (-0.1 * len(lines[1]), True), (-3.0 * len(lines[2]), False)]
+    scores = utils.process_choice_results(doc, results)
+    assert scores["exact_match"] == 1 and scores["top3_match"] == 1 and scores["parse_failure_rate"] == 0
+    assert utils.process_choice_results({**doc, "gold_code": "I10"}, results)["exact_match"] == 0
+    with pytest.raises(ValueError, match="shortlist"):
+        utils.choice_lines({"id": "x", "candidates": []})
+
+
+def test_one_prompt_pass_gives_the_same_loglikelihoods_as_full_passes(embedded_model):
+    """The prefix-cached scorer behind icd10-hf-choice against the plain computation, on the real model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32).eval()
+    prompt = "Doctor: your sugar is high. Patient: I am thirsty. Code:"
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    continuations = [tokenizer(line, add_special_tokens=False)["input_ids"]
+                     for line in choice.answer_lines(["E11.9", "I10", "R63.1"])]
+    cached = choice.continuation_loglikelihoods(model, context, continuations)
+    for (total, _), tokens in zip(cached, continuations, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([context + tokens])).logits[0]
+        logprobs = torch.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
+        expected = float(sum(logprobs[i, t] for i, t in enumerate(tokens)))
+        assert total == pytest.approx(expected, abs=1e-3)
+
+
+# ---------------------------------------------------------------- data that teaches choosing
+
+
+@pytest.fixture(scope="module")
+def choose_data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("choose")
+    ranked = prepare_demo(root / "prepared-shortlist", "--shortlist", "5", "--shortlist-neighbours", "0")
+    taught = prepare_demo(root / "prepared-choose", "--shortlist", "5", "--shortlist-neighbours", "0", "--choose")
+    return ranked, taught
+
+
+def rows(folder: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_choose_rows_always_hold_the_gold_in_shuffled_order_and_test_rows_stay_ranked(choose_data):
+    ranked, taught = choose_data
+    for split in ("train", "val"):
+        original, teaching = rows(ranked, split), rows(taught, split)
+        assert all(r["gold_code"] in r["candidates"] for r in teaching)
+        assert all(len(r["candidates"]) == len(r["candidate_scores"]) for r in teaching)
+        assert any(a["candidates"] != b["candidates"] for a, b in zip(original, teaching, strict=True))
+        for row in teaching:  # the prompt shows the list the row carries
+            assert all(code in row["messages"][1]["content"] for code in row["candidates"])
+    assert (ranked / "test.jsonl").read_bytes() == (taught / "test.jsonl").read_bytes()
+    card = json.loads((taught / "data_card.json").read_text())
+    assert card["shortlist"]["choose"]["rows"] == len(rows(taught, "train")) + len(rows(taught, "val"))
+
+
+def test_choose_needs_a_shortlist(tmp_path):
+    import prepare
+
+    result = CliRunner().invoke(prepare.main, ["--demo", "--choose", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "--choose needs --shortlist" in result.output
+
+
+def test_choice_tasks_load_test_and_validation_rows(choose_data):
+    from lm_eval.tasks import TaskManager
+
+    ranked, _ = choose_data
+    manager = TaskManager(include_path=TASKS, metadata={"data_dir": str(ranked)})
+    tasks = manager.load_task_or_group(["icd10_medsynth_choice", "icd10_medsynth_choice_val"])
+    test_task, val_task = tasks["icd10_medsynth_choice"], tasks["icd10_medsynth_choice_val"]
+    doc = next(iter(test_task.test_docs()))
+    assert test_task.OUTPUT_TYPE == "multiple_choice"
+    assert test_task.doc_to_choice(doc) == choice.answer_lines(doc["candidates"])
+    val_doc = next(iter(val_task.test_docs()))
+    assert val_doc["user"].startswith("Dialogue:") and val_doc["candidates"] and val_doc["system"]
+    assert len(list(val_task.test_docs())) == len(rows(ranked, "val"))
+
+
+# ---------------------------------------------------------------- run configs, fusion tool, report
+
+
+def test_run_eval_routes_choice_configs(tmp_path, choose_data):
+    ranked, _ = choose_data
+    space = Workspace.at(tmp_path / "ws")
+    config = REPO / "recipes" / "eval" / "baseline-slm-choice.yml"
+    with pytest.raises(Exception, match="--shortlist"):
+        run_eval.load_config(config, (), None, None, False, workspace=space)
+    with pytest.raises(Exception, match="choice task"):
+        run_eval.load_config(REPO / "recipes" / "eval" / "baseline-slm.yml", (), None, ranked, False,
+                             workspace=space, split="val")
+    val = run_eval.load_config(config, (), None, None, False, workspace=space, shortlist=True, split="val",
+                               name="finetuned-slm-choose-choice")
+    assert val["tasks"] == ["icd10_medsynth_choice_val"] and val["model"] == "icd10-hf-choice"
+    assert val["output_path"] == str(space.validation_dir / "finetuned-slm-choose-choice-shortlist")
+    test = run_eval.load_config(config, (), None, ranked, False, workspace=space, shortlist=True)
+    assert test["tasks"] == ["icd10_medsynth_choice"] and test["output_path"].endswith("baseline-slm-choice-shortlist")
+
+
+def test_labels_name_every_variant():
+    assert report.label("finetuned-slm-shortlist") == "Finetuned SLM + shortlist"
+    assert report.label("baseline-slm-choice-shortlist") == "Baseline SLM + shortlist (choice by likelihood)"
+    assert report.label("finetuned-slm-choose-choice-shortlist-fused") == \
+        "Finetuned SLM trained to choose + shortlist (choice by likelihood, fused with retrieval)"
+    assert report.label("retrieval") == "Retrieval (no model)" and report.label("my-run") == "my-run"
+
+
+def write_choice_log(folder: Path, task: str, docs: list[dict], model_scores: list[list[float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"samples_{task}_2026-11-29T10-00-00.jsonl").open("w") as handle:
+        for doc, scores in zip(docs, model_scores, strict=True):
+            lines = choice.answer_lines(doc["candidates"])
+            resps = [[str(s * len(line)), "False"] for s, line in zip(scores, lines, strict=True)]
+            handle.write(json.dumps({"doc_id": doc["id"], "doc": doc, "filtered_resps": resps}) + "\n")
+    if task != fuse.VAL_TASK:
+        (folder / "results_2026-11-29T10-00-00.json").write_text(json.dumps({"results": {task: {}}}))
+
+
+def test_fuse_chooses_the_weight_on_validation_and_applies_it_to_test_once(tmp_path):
+    space = Workspace.at(tmp_path / "ws")
+    name = "finetuned-slm-choice-shortlist"
+
+    def doc(i: int, gold: str) -> dict:
+        return {"id": f"row-{i}", "gold_code": gold, "candidates": ["E11.9", "I10", "R63.1"],
+                "candidate_scores": [0.05, 0.03, 0.01], "chapter": "4"}
+
+    # Validation: the model is right where the retriever is wrong, so fusion leans on the model.
+    val_docs = [doc(i, "I10") for i in range(4)]
+    write_choice_log(space.validation_dir / name / "m", fuse.VAL_TASK, val_docs, [[-3.0, -0.5, -2.0]] * 4)
+    test_docs = [doc(10, "I10"), doc(11, "E11.9")]
+    write_choice_log(space.eval_dir / name / "m", "icd10_medsynth_choice_unseen", test_docs,
+                     [[-3.0, -0.5, -2.0], [-0.2, -3.0, -2.0]])
+    result = CliRunner().invoke(fuse.main, [name, "--workspace", str(space.root)])
+    assert result.exit_code == 0, result.output
+    fused = space.eval_dir / (name + fuse.FUSED_SUFFIX)
+    record = json.loads((fused / "fusion.json").read_text())
+    # Any weight above 1/3 gets all four right; the tie rule takes the even mix.
+    assert record["weight"] == 0.5 and record["validation_rows"] == 4
+    curve = record["validation_exact_match_by_weight"]
+    assert curve["0.0"] == 0.0 and curve["0.3"] == 0.0 and curve["0.35"] == 1.0
+    loaded = report.load_approach(fused, report.UNSEEN_TASK)
+    assert loaded is not None and loaded.n == 2 and loaded.per_item("exact_match") == {"row-10": 1, "row-11": 1}
+    assert report.label(fused.name).endswith("(choice by likelihood, fused with retrieval)")
+
+
+def test_fuse_refuses_without_validation_scores(tmp_path):
+    result = CliRunner().invoke(fuse.main, ["baseline-slm-choice-shortlist", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code != 0 and "--split val" in result.output

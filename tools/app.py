@@ -1,0 +1,317 @@
+"""The coder's workbench in the browser (``make app``): dialogue in, ranked codes with evidence and confidence,
+accept / override / reject, an audit trail. Everything stays on this machine.
+
+    python tools/app.py                                   # make demo's adapter, http://127.0.0.1:7860
+    python tools/app.py --adapter outputs/adapters/qlora --base-model HuggingFaceTB/SmolLM2-1.7B-Instruct
+
+The page calls the same predictor as ``tools/predict.py`` (``icd10_coder.predictor``): same
+prompts, constrained decoding, parser, shortlist. Confidence bands show the accuracy ``make
+bench`` measured for each band (stage ``app``) when it was measured for this adapter. Evidence
+sentences come from ``icd10_coder.evidence``; code search from ``icd10_coder.codes.search``.
+Decisions append to ``<workspace>/audit/decisions.jsonl`` (owner-only; no dialogue text, only
+its hash). Batch results land in ``<workspace>/app/`` (owner-only). The server binds to
+127.0.0.1; other interfaces need --listen-all, which warns. Gradio analytics and share links
+are off (tools/offline.env) and the page loads no web fonts.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder import audit, calibration  # noqa: E402
+from icd10_coder.codes import chapter_title, description, search, validity  # noqa: E402
+from icd10_coder.evidence import evidence, highlighted  # noqa: E402
+from icd10_coder.offline import apply_offline_env  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, private_folder  # noqa: E402
+from icd10_coder.predictor import (  # noqa: E402
+    DEFAULT_ADAPTER,
+    PredictionError,
+    Suggester,
+    check_length,
+    load_suggester,
+    parse_dialogues,
+)
+from icd10_coder.workspace import Workspace  # noqa: E402
+
+TOP_K = 5
+BENCH_FILE = REPO_ROOT / "outputs" / "bench" / "bench.json"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a batch file; a single dialogue is limited by characters
+
+
+class Workbench:
+    """The page's actions, callable without a browser (the tests call them directly too)."""
+
+    def __init__(self, suggester: Suggester, workspace: Workspace, bands: dict[str, Any] | None, top_k: int = TOP_K):
+        self.suggester = suggester
+        self.workspace = workspace
+        self.bands = bands or {}
+        self.top_k = top_k
+        self.adapter_sha256 = audit.adapter_hash(suggester.adapter)
+
+    # ------------------------------------------------------------------ reading input
+    @staticmethod
+    def read_upload(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        file = Path(path)
+        if file.stat().st_size > MAX_UPLOAD_BYTES:
+            raise PredictionError(f"{file.name}: {file.stat().st_size:,} bytes is too large "
+                                  f"({MAX_UPLOAD_BYTES:,} at most)")
+        return file.read_bytes()
+
+    def dialogue_from(self, text: str | None, upload: str | None) -> str:
+        raw = self.read_upload(upload)
+        if raw is not None:
+            dialogues, batch = parse_dialogues(raw, Path(upload).name)
+            if batch:
+                raise PredictionError(f"{Path(upload).name} holds {len(dialogues)} JSONL dialogue(s): use the "
+                                      "Batch tab for JSONL files")
+            return dialogues[0]
+        if not text or not text.strip():
+            raise PredictionError("the dialogue is empty: paste a doctor-patient dialogue or upload a .txt file")
+        return check_length(text)
+
+    # ------------------------------------------------------------------ suggestions
+    def suggest(self, text: str | None, upload: str | None) -> tuple[str, str, list, list[str], dict[str, Any]]:
+        """-> (status, suggestions table HTML, evidence spans, codes to decide on, state)."""
+        try:
+            dialogue = self.dialogue_from(text, upload)
+            started = time.perf_counter()
+            result = self.suggester.suggest([dialogue], self.top_k)[0]
+        except PredictionError as err:
+            return f"**Cannot suggest codes:** {err}", "", [], [], {}
+        codes = [c["code"] for c in result["codes"]]
+        status = (f"{len(codes)} suggestion(s) in {time.perf_counter() - started:.1f} s. Highlighted: sentences "
+                  "that share words with each code's description or inclusion terms." if codes else
+                  "**No ICD-10-CM code in the model's answer.** Search for a code below.")
+        state = {"dialogue": dialogue, "suggestions": result["codes"]}
+        return status, self.table(result["codes"], dialogue), highlighted(dialogue, codes), codes, state
+
+    def band_text(self, confidence: float | None) -> str:
+        name = calibration.band(confidence)
+        measured = self.bands.get(name) or {}
+        if measured.get("accuracy") is not None:
+            return f"{name} (measured: {measured['accuracy']:.0%} right, n={measured['n']})"
+        return f"{name} (not measured for this model: run make bench)"
+
+    def table(self, codes: list[dict[str, Any]], dialogue: str) -> str:
+        rows = []
+        for c in codes:
+            path = " › ".join(html.escape(p) for p in self.path_names(c["path"]))
+            found = evidence(dialogue, c["code"], limit=1)
+            words = ", ".join(found[0][1]) if found else "no matching sentence"
+            extra = (f"<br><small>over the shortlist: {c['shortlist_probability']:.2f}</small>"
+                     if c.get("shortlist_probability") is not None else "")
+            confidence = "" if c["confidence"] is None else f"{c['confidence']:.2f}"
+            rows.append(
+                f"<tr data-code='{c['code']}'><td>{c['rank']}</td><td><b>{c['code']}</b></td>"
+                f"<td>{html.escape(c['description'] or '(not in ICD-10-CM)')}</td><td>{c['validity']}</td>"
+                f"<td><small>{path}</small></td><td>{confidence}<br><small>{self.band_text(c['confidence'])}</small>"
+                f"{extra}</td><td><small>{html.escape(words)}</small></td></tr>")
+        head = ("<tr><th>#</th><th>code</th><th>description</th><th>billable?</th><th>chapter › block › category"
+                "</th><th>confidence</th><th>evidence words</th></tr>")
+        return f"<table class='suggestions'>{head}{''.join(rows)}</table>"
+
+    @staticmethod
+    def path_names(path: list[str | None]) -> list[str]:
+        chapter, block, category = (path + [None, None, None])[:3]
+        names = []
+        if chapter:
+            names.append(f"Chapter {chapter}: {chapter_title(chapter)}")
+        if block:
+            names.append(f"{block}: {chapter_title(block)}")
+        if category:
+            names.append(f"{category}: {description(category) or ''}")
+        return names
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, action: str, code: str | None, state: dict[str, Any]) -> str:
+        if not state:
+            return "**Nothing to decide on yet:** suggest codes for a dialogue first."
+        if action != "reject" and not code:
+            return f"**Pick a code to {action}** first."
+        entry = audit.record(self.workspace.audit_dir, action=action, code=code if action != "reject" else None,
+                             dialogue=state["dialogue"], suggestions=state["suggestions"],
+                             base_model=display_path(self.suggester.base_model),
+                             adapter=display_path(self.suggester.adapter) if self.suggester.adapter else None,
+                             adapter_sha256=self.adapter_sha256)
+        what = f"{entry['decision']['code']} ({entry['decision']['description']})" if code and action != "reject" \
+            else "all suggestions"
+        return (f"Recorded **{action}** of {what} at {entry['time']} in "
+                f"`{display_path(self.workspace.audit_dir / audit.AUDIT_FILE)}`.")
+
+    @staticmethod
+    def evidence_for(code: str | None, state: dict[str, Any]) -> str:
+        """The sentences supporting a code picked from the search, before the coder overrides with it."""
+        if not code or not state:
+            return ""
+        found = evidence(state["dialogue"], code)
+        if not found:
+            return f"No sentence of the dialogue shares words with {code} ({description(code)})."
+        lines = [f"- {html.escape(sentence.text)}  \n  <small>matched: {', '.join(words)}</small>"
+                 for sentence, words in found]
+        return f"Evidence for **{code}** ({description(code)}):\n" + "\n".join(lines)
+
+    @staticmethod
+    def search_codes(query: str) -> list[tuple[str, str]]:
+        """(label, code) pairs for a radio list: billable codes first."""
+        return [(f"{code} - {description(code)} [{validity(code)}]", code) for code in search(query or "", 15)]
+
+    # ------------------------------------------------------------------ batch
+    def batch(self, upload: str | None, progress: Any = None) -> tuple[str, str | None, str | None]:
+        """-> (status, JSON file, CSV file) for a JSONL upload."""
+        try:
+            raw = self.read_upload(upload)
+            if raw is None:
+                raise PredictionError("upload a JSONL file: one {\"dialogue\": ...} object per line")
+            dialogues, is_batch = parse_dialogues(raw, Path(upload).name)
+            if not is_batch:
+                raise PredictionError(f"{Path(upload).name} is not JSONL: one {{\"dialogue\": ...}} object per line "
+                                      "(a single dialogue goes in the Suggest tab)")
+        except PredictionError as err:
+            return f"**Cannot run the batch:** {err}", None, None
+        results = []
+        for index, dialogue in enumerate(dialogues):
+            if progress is not None:
+                progress((index, len(dialogues)), desc="suggesting codes")
+            results.append(self.suggester.suggest([dialogue], self.top_k)[0])
+        out = private_folder(self.workspace.outputs / "app")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        json_path, csv_path = out / f"batch-{stamp}.json", out / f"batch-{stamp}.csv"
+        json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["line", "rank", "code", "description", "validity", "confidence", "band"])
+        for line, result in enumerate(results, 1):
+            for c in result["codes"]:
+                writer.writerow([line, c["rank"], c["code"], c["description"], c["validity"], c["confidence"],
+                                 calibration.band(c["confidence"])])
+        csv_path.write_text(buffer.getvalue())
+        for path in (json_path, csv_path):
+            path.chmod(0o600)
+        return (f"{len(results)} dialogue(s) coded. Files (owner-only): `{display_path(json_path)}`, "
+                f"`{display_path(csv_path)}`."), str(json_path), str(csv_path)
+
+
+def measured_bands(suggester: Suggester, bench_file: Path = BENCH_FILE) -> tuple[dict[str, Any] | None, str]:
+    """The band accuracies ``make bench`` measured for this adapter, and a line saying where they come from."""
+    if not bench_file.is_file():
+        return None, "Confidence bands are not measured yet: run `make bench`."
+    stage = json.loads(bench_file.read_text()).get("app") or {}
+    wanted = audit.adapter_hash(suggester.adapter)
+    for name in ("real", "demo"):
+        measured = stage.get("calibration", {}).get(name) or {}
+        if measured.get("adapter_sha256") == wanted and measured.get("bands"):
+            return measured["bands"], (f"Confidence bands measured by `make bench` on the {name} split "
+                                       f"(n={measured['n']}, ECE {measured['ece']}).")
+    return None, "Confidence bands were measured for another model or adapter: run `make bench` again."
+
+
+def build(bench: Workbench, note: str):
+    import gradio as gr
+
+    # System fonts: the default theme would fetch web fonts from Google, a request leaving the machine.
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])
+    model = display_path(bench.suggester.base_model) + (
+        f" + {display_path(bench.suggester.adapter)}" if bench.suggester.adapter else " (no adapter)")
+    with gr.Blocks(title="ICD-10 coder's workbench", analytics_enabled=False) as page:
+        gr.Markdown(f"## ICD-10-CM coder's workbench\nModel: `{model}`. {note} Nothing leaves this machine; "
+                    f"decisions go to `{display_path(bench.workspace.audit_dir / audit.AUDIT_FILE)}`.")
+        state = gr.State({})
+        with gr.Tab("Suggest"):
+            with gr.Row():
+                dialogue = gr.Textbox(label="Doctor-patient dialogue", lines=10, elem_id="dialogue")
+                upload = gr.File(label="…or upload a .txt file", file_types=[".txt"], type="filepath",
+                                 elem_id="upload")
+            suggest = gr.Button("Suggest codes", variant="primary", elem_id="suggest")
+            status = gr.Markdown(elem_id="status")
+            table = gr.HTML(elem_id="suggestions")
+            spans = gr.HighlightedText(label="Evidence in the dialogue (labelled with the codes it supports)",
+                                       combine_adjacent=True, show_legend=True, elem_id="evidence")
+            gr.Markdown("### Decide")
+            with gr.Row():
+                choice = gr.Radio(label="Suggested codes", choices=[], elem_id="choice")
+                accept = gr.Button("Accept selected suggestion", elem_id="accept")
+                reject = gr.Button("Reject all suggestions", variant="stop", elem_id="reject")
+            with gr.Row():
+                query = gr.Textbox(label="Search ICD-10-CM by code or words (typos are fine)", elem_id="search")
+                find = gr.Button("Search", elem_id="find")
+            found = gr.Radio(label="Search results (billable codes first)", choices=[], elem_id="search-results")
+            found_evidence = gr.Markdown(elem_id="search-evidence")
+            override = gr.Button("Use the selected search result instead (override)", elem_id="override")
+            decided = gr.Markdown(elem_id="decision-status")
+        with gr.Tab("Batch"):
+            batch_file = gr.File(label="JSONL: one {\"dialogue\": ...} per line", file_types=[".jsonl"],
+                                 type="filepath", elem_id="batch-upload")
+            run_batch = gr.Button("Code every dialogue", variant="primary", elem_id="run-batch")
+            batch_status = gr.Markdown(elem_id="batch-status")
+            with gr.Row():
+                batch_json = gr.File(label="Results (JSON)", elem_id="batch-json")
+                batch_csv = gr.File(label="Results (CSV)", elem_id="batch-csv")
+
+        def on_suggest(text, file):
+            message, rows, evidence_spans, codes, new_state = bench.suggest(text, file)
+            return (message, rows, evidence_spans, gr.update(choices=codes, value=codes[0] if codes else None),
+                    new_state, "")
+
+        def on_batch(file, progress=gr.Progress()):  # noqa: B008  (how Gradio injects its progress bar)
+            return bench.batch(file, progress)
+
+        suggest.click(on_suggest, [dialogue, upload], [status, table, spans, choice, state, decided])
+        accept.click(lambda code, s: bench.decide("accept", code, s), [choice, state], decided)
+        reject.click(lambda s: bench.decide("reject", None, s), [state], decided)
+        override.click(lambda code, s: bench.decide("override", code, s), [found, state], decided)
+        found.change(bench.evidence_for, [found, state], found_evidence)
+        find.click(lambda q: gr.update(choices=bench.search_codes(q), value=None), [query], found)
+        query.submit(lambda q: gr.update(choices=bench.search_codes(q), value=None), [query], found)
+        run_batch.click(on_batch, [batch_file], [batch_status, batch_json, batch_csv])
+    return page, theme
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--adapter", default=None, metavar="DIR|none",
+              help=f"LoRA adapter folder. Default: {display_path(DEFAULT_ADAPTER)} (make demo's) if it exists; "
+                   "'none' for the base model alone.")
+@click.option("--base-model", default=str(EMBEDDED_MODEL), show_default=True,
+              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 10), default=TOP_K, show_default=True, help="Codes suggested.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Where the audit log (audit/) and batch results (app/) go. Default: $ICD10_WORKSPACE, else the "
+                   "checkout (outputs/).")
+@click.option("--listen-all", is_flag=True,
+              help="Bind to every network interface instead of 127.0.0.1: other machines can then reach the page "
+                   "and the dialogues typed into it. Only behind your own access control.")
+def main(adapter: str | None, base_model: str, port: int, top_k: int, device: str, workspace: str | None,
+         listen_all: bool) -> None:
+    """Serve the coder's workbench on http://127.0.0.1:PORT."""
+    apply_offline_env(hub_offline=True)
+    try:
+        space = Workspace.at(workspace)
+        suggester = load_suggester(base_model, adapter, device=device, workspace=space)
+    except (PredictionError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    bands, note = measured_bands(suggester)
+    page, theme = build(Workbench(suggester, space, bands, top_k), note)
+    host = "0.0.0.0" if listen_all else "127.0.0.1"
+    if listen_all:
+        click.secho("WARNING: --listen-all binds to every interface; anyone who can reach this machine on port "
+                    f"{port} can use the page and see what is typed into it.", fg="red", err=True)
+    click.echo(f"Serving on http://{host}:{port} (Ctrl+C stops)")
+    page.queue().launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                        mcp_server=False, footer_links=[], theme=theme, quiet=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Fuse a choice-task run with the retriever: weight chosen on validation, test touched once.
+
+    python tools/run_eval.py --shortlist --split val recipes/eval/baseline-slm-choice.yml  # validation scores
+    python tools/run_eval.py --shortlist recipes/eval/baseline-slm-choice.yml              # test scores
+    python tools/fuse.py baseline-slm-choice-shortlist                                     # -> eval/...-fused/
+
+Reads the per-candidate log-likelihoods lm-eval logged for the validation split
+(``<workspace>/eval-val/NAME``), picks the fusion weight with the best validation exact match
+(``icd10_coder.choice.choose_weight``: 0 = the retriever's order, 1 = the model's), then applies
+that one weight to the test samples already logged in ``<workspace>/eval/NAME`` (no model runs
+again) and writes ``<workspace>/eval/NAME-fused/``: results and per-sample logs in lm-eval's
+layout (scored by ``icd10_coder.scoring``, so the report treats it as any approach) and
+``fusion.json`` with the weight, the validation curve and where everything came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder import choice  # noqa: E402
+from icd10_coder.paths import display_path, make_private  # noqa: E402
+from icd10_coder.scoring import METRICS, score_codes  # noqa: E402
+from icd10_coder.workspace import Workspace  # noqa: E402
+
+CHOICE_TASK = "icd10_medsynth_choice"
+TEST_TASKS = (CHOICE_TASK, "icd10_medsynth_choice_unseen")
+VAL_TASK = "icd10_medsynth_choice_val"
+FUSED_SUFFIX = "-fused"
+
+
+def newest_samples(folder: Path, task: str) -> Path | None:
+    """lm-eval's newest per-sample log of ``task`` under ``folder`` (timestamps start with a digit)."""
+    found = sorted(folder.rglob(f"samples_{task}_[0-9]*.jsonl"), key=lambda p: p.name)
+    return found[-1] if found else None
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def scored_rows(samples: list[dict[str, Any]]) -> list[tuple[list[str], list[float], list[float], str]]:
+    """(candidates, model score per candidate, retrieval score per candidate, gold) per sample."""
+    rows = []
+    for sample in samples:
+        doc = sample["doc"]
+        candidates = list(doc["candidates"])
+        rows.append((candidates, choice.per_char(choice.sample_loglikelihoods(sample), candidates),
+                     choice.retrieval_scores(doc), doc["gold_code"]))
+    return rows
+
+
+def fused_samples(samples: list[dict[str, Any]], weight: float) -> list[dict[str, Any]]:
+    """The test samples re-ranked with the fused score, scored like every answer."""
+    out = []
+    for sample, (candidates, model, retrieval, gold) in zip(samples, scored_rows(samples), strict=True):
+        ranked = choice.rank(candidates, choice.fused_scores(model, retrieval, weight))
+        out.append({"doc_id": sample.get("doc_id"), "doc": sample["doc"], "target": gold,
+                    "filtered_resps": [", ".join(ranked)], **score_codes(gold, ranked)})
+    return out
+
+
+def means(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """lm-eval's aggregate layout (``metric,filter``: the mean of the per-sample values)."""
+    return {f"{m},none": sum(s[m] for s in samples) / len(samples) for m in METRICS} if samples else {}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("name")
+@click.option("--workspace", default=None, metavar="DIR",
+              help="Workspace whose eval/NAME and eval-val/NAME are fused. Default: $ICD10_WORKSPACE, else the "
+                   "checkout (the real run).")
+def main(name: str, workspace: str | None) -> None:
+    """Fuse the choice-task results NAME (e.g. finetuned-slm-choice-shortlist) with the retrieval scores."""
+    try:
+        space = Workspace.at(workspace)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    test_dir, val_dir = space.eval_dir / name, space.validation_dir / name
+    val_log = newest_samples(val_dir, VAL_TASK)
+    if val_log is None:
+        raise click.ClickException(f"no validation scores in {display_path(val_dir)}: run "
+                                   "`tools/run_eval.py --shortlist --split val ...` for the same config first")
+    tests = {task: path for task in TEST_TASKS if (path := newest_samples(test_dir, task))}
+    if not tests:
+        raise click.ClickException(f"no choice-task test scores in {display_path(test_dir)}: run "
+                                   "`tools/run_eval.py --shortlist ...` first")
+    validation = read_samples(val_log)
+    weight, curve = choice.choose_weight(scored_rows(validation))
+    click.echo(f"fusion weight {weight} (validation exact match {curve[weight]:.3f} over {len(validation)} rows; "
+               f"retriever alone {curve[0.0]:.3f}, model alone {curve[1.0]:.3f})")
+    out = space.eval_dir / (name + FUSED_SUFFIX)
+    out.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)
+    recorded = yaml.safe_load((test_dir / "run_config.yml").read_text()) if (test_dir / "run_config.yml").is_file() \
+        else {}
+    model_args = {**(recorded.get("model_args") or {}), "fusion_weight": weight}
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%S")
+    results: dict[str, Any] = {"results": {}, "n-samples": {}, "config": {"model": "fused", "model_args": model_args}}
+    for task, path in tests.items():
+        samples = fused_samples(read_samples(path), weight)
+        with (out / f"samples_{task}_{stamp}.jsonl").open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        results["results"][task] = {"alias": task, **means(samples)}
+        results["n-samples"][task] = {"original": len(samples), "effective": len(samples)}
+        click.echo(f"{task}: exact match {results['results'][task].get('exact_match,none', 0):.3f} "
+                   f"over {len(samples)} rows")
+    (out / f"results_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "run_config.yml").write_text(yaml.safe_dump({**recorded, "approach": out.name, "model_args": model_args},
+                                                       sort_keys=False))
+    (out / "fusion.json").write_text(json.dumps({
+        "weight": weight, "chosen_on": display_path(val_log), "validation_rows": len(validation),
+        "validation_exact_match_by_weight": {str(w): v for w, v in curve.items()},
+        "rule": "best validation exact match; ties to the weight nearest 0.5",
+        "scores": "weight * minmax(log-likelihood per char) + (1 - weight) * minmax(retrieval score), per shortlist",
+        "test_samples": {t: display_path(p) for t, p in tests.items()}}, indent=2) + "\n")
+    make_private(out)
+    click.echo(f"-> {display_path(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Choice by likelihood: rank a row's shortlist candidates by the model's log-likelihood of each
+answer line, and fuse that ranking with the retriever's.
+
+A small model generating free text copies or invents codes; asked instead how likely each of
+the ten known answers is (the lm-eval task ``icd10_medsynth_choice``), it can only pick from
+the list. Scores are per character of the answer line (lm-eval's ``acc_norm`` convention), so
+a long official description is not penalised for its length.
+
+Fusion: both score lists are min-max normalised within the row's shortlist and mixed,
+``weight * model + (1 - weight) * retrieval``; ``weight`` is chosen on the validation split
+(:func:`choose_weight`) and then applied once to the test split (``tools/fuse.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from icd10_coder.codes import description
+from icd10_coder.prompts import render_answer
+
+# Weights tried on the validation split: 0 = the retriever's order, 1 = the model's alone.
+WEIGHT_GRID: tuple[float, ...] = tuple(round(i / 20, 2) for i in range(21))
+
+
+def answer_lines(candidates: Sequence[str]) -> list[str]:
+    """Each candidate as the answer line a model is trained to write (prompts/answer.j2)."""
+    return [render_answer(code, description(code) or "") for code in candidates]
+
+
+def per_char(loglikelihoods: Sequence[float], candidates: Sequence[str]) -> list[float]:
+    """Log-likelihood per character of each candidate's answer line."""
+    return [ll / max(1, len(line)) for ll, line in zip(loglikelihoods, answer_lines(candidates), strict=True)]
+
+
+def rank(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """Candidates best first; ties keep the retriever's order (the list's)."""
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+    return [candidates[i] for i in order]
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    low, high = min(values), max(values)
+    return [(v - low) / (high - low) if high > low else 0.0 for v in values]
+
+
+def fused_scores(model: Sequence[float], retrieval: Sequence[float], weight: float) -> list[float]:
+    """``weight`` x the model's normalised scores + (1 - ``weight``) x the retriever's."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight {weight} is outside [0, 1]")
+    if not model:
+        return []
+    return [weight * m + (1 - weight) * r for m, r in zip(_minmax(model), _minmax(retrieval), strict=True)]
+
+
+def retrieval_scores(doc: dict[str, Any]) -> list[float]:
+    """The retriever's score per candidate; rank-based when a record has none (older prepared data)."""
+    scores = doc.get("candidate_scores")
+    if scores and len(scores) == len(doc["candidates"]):
+        return [float(s) for s in scores]
+    return [-float(i) for i in range(len(doc["candidates"]))]
+
+
+def sample_loglikelihoods(sample: dict[str, Any]) -> list[float]:
+    """Per-candidate log-likelihoods from an lm-eval sample log line of the choice task."""
+    return [float(resp[0]) for resp in sample["filtered_resps"]]
+
+
+def predicted_codes(sample: dict[str, Any]) -> list[str]:
+    """The codes an lm-eval sample answered, best first: parsed codes of a generation, or the
+    candidates ranked by likelihood for the choice task."""
+    responses = sample.get("filtered_resps") or [""]
+    if isinstance(responses[0], str):
+        return [code for code in responses[0].split(", ") if code]
+    candidates = sample["doc"]["candidates"]
+    return rank(candidates, per_char(sample_loglikelihoods(sample), candidates))
+
+
+def continuation_loglikelihoods(model: Any, context: list[int], continuations: list[list[int]],
+                                device: Any = "cpu") -> list[tuple[float, bool]]:
+    """Sum log-probability (and greedy flag) of each continuation after ``context``: the context runs
+    once, its key/value cache is repeated for all continuations, which run as one batch."""
+    import torch
+    import torch.nn.functional as F
+
+    prompt = torch.tensor([context], device=device)
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every continuation's first token
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(continuations))
+    longest = max(len(c) for c in continuations)
+    # Right padding: under causal attention no real token sees a pad, so no mask is needed.
+    rest = torch.zeros((len(continuations), max(1, longest - 1)), dtype=torch.long, device=device)
+    for row, tokens in enumerate(continuations):
+        rest[row, : len(tokens) - 1] = torch.tensor(tokens[:-1], dtype=torch.long)
+    with torch.no_grad():
+        logits = model(input_ids=rest, past_key_values=cache, use_cache=True).logits if longest > 1 else None
+    answers = []
+    for row, tokens in enumerate(continuations):
+        steps = [first]
+        if len(tokens) > 1:
+            steps += list(F.log_softmax(logits[row, : len(tokens) - 1].float(), dim=-1))
+        total = sum(float(step[token]) for step, token in zip(steps, tokens, strict=True))
+        greedy = all(int(step.argmax()) == token for step, token in zip(steps, tokens, strict=True))
+        answers.append((total, greedy))
+    return answers
+
+
+def exact_rate(rows: Sequence[tuple[list[str], list[float], list[float], str]], weight: float) -> float:
+    """Share of (candidates, model scores, retrieval scores, gold) rows whose fused top-1 is the gold code."""
+    hits = sum(bool(c) and rank(c, fused_scores(m, r, weight))[0] == gold for c, m, r, gold in rows)
+    return hits / len(rows) if rows else 0.0
+
+
+def choose_weight(rows: Sequence[tuple[list[str], list[float], list[float], str]],
+                  grid: Sequence[float] = WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+    """The weight with the best validation exact match; ties go to the one nearest 0.5 (an even
+    mix), because a small validation split leaves wide plateaus. Returns (weight, curve)."""
+    if not rows:
+        raise ValueError("no validation rows to choose the fusion weight on")
+    curve = {w: round(exact_rate(rows, w), 4) for w in grid}
+    best = max(curve.values())
+    weight = min((w for w, v in curve.items() if v == best), key=lambda w: (abs(w - 0.5), w))
+    return weight, curve

@@ -1,0 +1,331 @@
+"""Dialogue in, ranked ICD-10-CM codes out: the one predictor behind ``tools/predict.py`` and the app.
+
+Same prompt templates, dialogue clean-up and answer parser as training and evaluation.
+With ``constrain`` decoding may only start with a real billable ICD-10-CM code; beam search
+gives the ranked alternatives (the first code of each beam). Each code gets a **confidence**:
+the share of the beams' probability mass (softmax over the beams' sequence scores) whose
+answer starts with it. With a shortlist, each code also gets its **shortlist probability**:
+the model's likelihood of its answer line, normalised over the shortlist (the choice task's
+scores, ``icd10_coder.choice``). On a GPU the model runs in bf16 (fp16 on T4/V100);
+:class:`VllmPredictor` hands large batches to vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icd10_coder.codes import description
+from icd10_coder.paths import REPO_ROOT
+from icd10_coder.prompts import PROMPT_RECORD
+from icd10_coder.workspace import DEMO_WORKSPACE, Workspace
+
+# A dialogue longer than this is refused: the model's context holds ~8k tokens and real
+# MedSynth dialogues stay under ~10,000 characters.
+MAX_DIALOGUE_CHARS = 100_000
+# Beams searched even when fewer codes are asked for: the confidence needs alternatives.
+MIN_BEAMS = 3
+
+
+class PredictionError(ValueError):
+    """Bad input or set-up, with a message meant for the user."""
+
+
+# What `make demo` trains; a real run's adapter is passed explicitly (outputs/adapters/qlora).
+DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu"
+MAX_NEW_TOKENS = 48
+
+
+def pick_device(choice: str) -> str:
+    """``auto``: CUDA when a GPU is visible, else the CPU."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise PredictionError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return choice
+
+
+def pick_dtype(device: str):
+    """fp32 on the CPU; bf16 on GPUs that have it (Ampere+), else fp16 (T4, V100)."""
+    import torch
+
+    if device == "cpu":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] | None = None) -> dict[str, Any]:
+    """Answers best first (beams, or one answer with alternatives) -> ranked unique codes with descriptions.
+
+    ``beam_probabilities`` (one per answer, summing to 1) give each code its confidence: the
+    probability mass of the answers that start with it (0 for a code only named as an alternative).
+    """
+    from icd10_coder.codes import description, hierarchy, validity
+    from icd10_coder.parsing import extract_codes
+
+    ranked: list[str] = []
+    mass: dict[str, float] = {}
+    for index, answer in enumerate(answers):  # keep each answer's codes in order
+        codes = extract_codes(answer)
+        for code in codes:
+            if code not in ranked:
+                ranked.append(code)
+        if codes and beam_probabilities:
+            mass[codes[0]] = mass.get(codes[0], 0.0) + beam_probabilities[index]
+
+    def entry(rank: int, code: str) -> dict[str, Any]:
+        place = hierarchy(code)
+        return {"rank": rank, "code": code, "description": description(code), "validity": validity(code),
+                "billable": validity(code) == "billable",
+                "path": [place.chapter, place.block, place.category] if place else [],
+                "confidence": round(mass.get(code, 0.0), 4) if beam_probabilities else None}
+
+    return {"codes": [entry(rank, code) for rank, code in enumerate(ranked[:top_k], 1)],
+            "raw_answer": answers[0] if answers else ""}
+
+
+def prompt_messages(dialogue: str, candidates: list[str] | None = None) -> list[dict[str, str]]:
+    from icd10_coder.dialogue import clean_dialogue
+    from icd10_coder.prompts import chat_messages
+
+    cleaned = clean_dialogue(dialogue)
+    if not cleaned:
+        raise PredictionError("the dialogue is empty")
+    return chat_messages(cleaned, candidates=candidates)
+
+
+class Shortlister:
+    """The retrieval shortlist an adapter was trained with, for the same prompts at prediction time."""
+
+    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path):
+        from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
+
+        pairs = read_training_pairs(train_jsonl) if train_jsonl and train_jsonl.is_file() else None
+        self.k = k
+        self.retriever = load_or_fit(cache_dir, RetrievalSettings(), pairs)
+
+    def __call__(self, dialogues: list[str]) -> list[list[tuple[str, float]]]:
+        from icd10_coder.dialogue import clean_dialogue
+
+        return self.retriever.shortlist([clean_dialogue(d) for d in dialogues], self.k)
+
+
+def prompt_variant(adapter: Path | None, shortlist: bool | None) -> tuple[dict[str, Any], bool]:
+    """The adapter's recorded prompt variant, and whether to use the shortlist; a contradiction is an error."""
+    record_file = adapter / PROMPT_RECORD if adapter else None
+    record = json.loads(record_file.read_text()) if record_file and record_file.is_file() else {}
+    trained_with = record.get("prompt_variant")
+    if trained_with and shortlist is not None and shortlist != (trained_with == "shortlist"):
+        wanted = "with" if shortlist else "without"
+        raise PredictionError(f"adapter {adapter} was trained on {trained_with} prompts ({record_file.name}); "
+                              f"prompting it {wanted} the shortlist would not match its training. Drop "
+                              f"--{'' if shortlist else 'no-'}shortlist.")
+    return record, trained_with == "shortlist" if shortlist is None else shortlist
+
+
+class Predictor:
+    """Base model (+ optional LoRA adapter) with the project's prompt and parser, on CPU or GPU."""
+
+    def __init__(self, base_model: Path | str, adapter: Path | None, constrain: bool, device: str = "cpu"):
+        import torch  # noqa: F401  (loaded before transformers picks a device)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(adapter or base_model)
+        self.tokenizer.padding_side = "left"  # batched generation: every prompt ends where answers start
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=pick_dtype(device))
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        self.model = model.to(device).eval()
+        self.constraint = None
+        if constrain:
+            from icd10_coder.constrained import CodePrefixConstraint
+
+            self.constraint = CodePrefixConstraint(self.tokenizer)
+
+    def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
+        return self.predict_batch([dialogue], top_k)[0]
+
+    def predict_batch(self, dialogues: list[str], top_k: int,
+                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
+        """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes and their
+        confidences; with ``candidates``, each code also gets its probability over the shortlist."""
+        import torch
+
+        shortlists = candidates or [None] * len(dialogues)
+        inputs = self.tokenizer.apply_chat_template([prompt_messages(d, c) for d, c in zip(dialogues, shortlists,
+                                                                                            strict=True)],
+                                                    add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True, padding=True).to(self.device)
+        prompt_length = inputs["input_ids"].shape[1]
+        beams = max(MIN_BEAMS, top_k)
+        with torch.no_grad():
+            output = self.model.generate(
+                **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=beams,
+                num_return_sequences=beams, pad_token_id=self.tokenizer.pad_token_id,
+                output_scores=True, return_dict_in_generate=True,
+                prefix_allowed_tokens_fn=self.constraint.hook(prompt_length) if self.constraint else None)
+        answers = [self.tokenizer.decode(seq[prompt_length:], skip_special_tokens=True).strip()
+                   for seq in output.sequences]
+        # Length-normalised beam log-probabilities -> a distribution over each dialogue's beams.
+        probabilities = torch.softmax(output.sequences_scores.float().view(len(dialogues), beams), dim=-1).tolist()
+        results = [rank_codes(answers[i * beams:(i + 1) * beams], top_k, probabilities[i])
+                   for i in range(len(dialogues))]
+        for result, dialogue, shortlist in zip(results, dialogues, shortlists, strict=True):
+            if shortlist:
+                over_list = self.shortlist_probabilities(dialogue, shortlist)
+                for code in result["codes"]:
+                    code["shortlist_probability"] = round(over_list.get(code["code"], 0.0), 4)
+        return results
+
+    def shortlist_probabilities(self, dialogue: str, candidates: list[str]) -> dict[str, float]:
+        """P(answer line | prompt) of each candidate, renormalised over the shortlist (a softmax of the summed
+        log-likelihoods: a probability, where the choice task's per-character scores only rank)."""
+        import torch
+
+        from icd10_coder.choice import answer_lines, continuation_loglikelihoods
+
+        prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates), add_generation_prompt=True,
+                                                    tokenize=False)
+        context = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        lines = [self.tokenizer(line, add_special_tokens=False)["input_ids"] for line in answer_lines(candidates)]
+        scores = continuation_loglikelihoods(self.model, context, lines, self.device)
+        probabilities = torch.softmax(torch.tensor([total for total, _ in scores]), dim=-1).tolist()
+        return dict(zip(candidates, probabilities, strict=True))
+
+
+class VllmPredictor:
+    """The same prompt and parser through vLLM (GPU, large batches): greedy answers, no constrained decoding."""
+
+    def __init__(self, base_model: Path | str, adapter: Path | None):
+        if importlib.util.find_spec("vllm") is None:
+            raise PredictionError("--engine vllm needs vLLM, which has its own environment: on a CUDA machine "
+                                  "run `make vllm-env`, then `.venv-vllm/bin/python tools/predict.py "
+                                  "--engine vllm ...`")
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else None
+        self.llm = LLM(model=str(base_model), enable_lora=adapter is not None, max_lora_rank=rank or 16,
+                       max_model_len=4096, seed=42)
+        self.params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
+        self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+
+    def predict_batch(self, dialogues: list[str], top_k: int,
+                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
+        shortlists = candidates or [None] * len(dialogues)
+        outputs = self.llm.chat([prompt_messages(d, c) for d, c in zip(dialogues, shortlists, strict=True)],
+                                self.params, lora_request=self.lora, use_tqdm=False)
+        return [rank_codes([output.outputs[0].text.strip()], top_k) for output in outputs]
+
+
+@dataclass
+class Suggester:
+    """A loaded model and, when its adapter was trained on shortlist prompts, the shortlist for its prompts."""
+
+    predictor: Predictor | VllmPredictor
+    shortlister: Shortlister | None
+    base_model: str
+    adapter: Path | None
+
+    def suggest(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
+        """Ranked codes per dialogue (see :func:`rank_codes`), with the shortlist when one is used."""
+        lists = self.shortlister(dialogues) if self.shortlister else None
+        codes = [[code for code, _ in ranked] for ranked in lists] if lists else None
+        results = self.predictor.predict_batch(dialogues, top_k, codes)
+        for index, result in enumerate(results):
+            if lists:
+                result["shortlist"] = [{"code": code, "description": description(code), "score": score}
+                                       for code, score in lists[index]]
+        return results
+
+
+def resolve_adapter(adapter: str | None) -> Path | None:
+    """None: make demo's adapter when it exists; 'none': the base model alone; else a folder that must exist."""
+    if adapter is None:
+        return DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
+    if adapter.lower() == "none":
+        return None
+    path = Path(adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise PredictionError(f"adapter {path}: not found (no adapter_config.json)")
+    return path
+
+
+def load_suggester(base_model: str, adapter: str | None, *, constrain: bool = True, device: str = "auto",
+                   engine: str = "hf", shortlist: bool | None = None, shortlist_k: int | None = None,
+                   workspace: Workspace | None = None) -> Suggester:
+    """Check the model folders, load the model, and set up the shortlist the adapter was trained with."""
+    adapter_path = resolve_adapter(adapter)
+    looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
+    if looks_local and not (Path(base_model) / "config.json").is_file():
+        raise PredictionError(f"base model {base_model}: not found (no config.json); run `make setup`")
+    record, use_shortlist = prompt_variant(adapter_path, shortlist)
+    shortlister = None
+    if use_shortlist:
+        prepared = REPO_ROOT / record["prepared_data"] if record.get("prepared_data") else None
+        shortlister = Shortlister(shortlist_k or record.get("shortlist_k") or 10,
+                                  prepared / "train.jsonl" if prepared else None,
+                                  (workspace or Workspace.at()).retrieval_cache)
+    if engine == "vllm":
+        predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
+    else:
+        predictor = Predictor(base_model, adapter_path, constrain, pick_device(device))
+    return Suggester(predictor, shortlister, base_model, adapter_path)
+
+
+def read_dialogues(source: str) -> tuple[list[str], bool]:
+    """Dialogues from a file or stdin ('-'); JSONL (one object with a dialogue per line) is a batch."""
+    raw = sys.stdin.buffer.read() if source == "-" else _read_file(Path(source))
+    return parse_dialogues(raw, source)
+
+
+def parse_dialogues(raw: bytes, source: str) -> tuple[list[str], bool]:
+    """Dialogue text or JSONL bytes -> (dialogues, is_batch); every problem a clear PredictionError."""
+    if b"\0" in raw:
+        raise PredictionError(f"{source}: looks like a binary file, expected dialogue text or JSONL")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PredictionError(f"{source}: not UTF-8 text ({err.reason})") from err
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and all(line.lstrip().startswith("{") for line in lines):
+        dialogues = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PredictionError(f"{source}: line {number} is not valid JSON ({err.msg})") from err
+            value = record.get("dialogue", record.get("Dialogue"))
+            if not isinstance(value, str) or not value.strip():
+                raise PredictionError(f"{source}: line {number} has no 'dialogue' text")
+            dialogues.append(check_length(value, f"{source}: line {number}"))
+        return dialogues, True
+    if not text.strip():
+        raise PredictionError(f"{source}: the dialogue is empty")
+    return [check_length(text, source)], False
+
+
+def check_length(dialogue: str, source: str = "dialogue") -> str:
+    if len(dialogue) > MAX_DIALOGUE_CHARS:
+        raise PredictionError(f"{source}: {len(dialogue):,} characters is more than a dialogue "
+                              f"({MAX_DIALOGUE_CHARS:,} at most); split it or check the file")
+    return dialogue
+
+
+def _read_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise PredictionError(f"{path}: no such file")
+    return path.read_bytes()
+
+
