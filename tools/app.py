@@ -52,6 +52,7 @@ class Workbench:
     """The page's actions, callable without a browser (the tests call them directly too)."""
 
     def __init__(self, suggester: Suggester, workspace: Workspace, bands: dict[str, Any] | None, top_k: int = TOP_K):
+        """``bands``: {split title: {band: {"n", "accuracy"}}} as :func:`measured_bands` reads them from make bench."""
         self.suggester = suggester
         self.workspace = workspace
         self.bands = bands or {}
@@ -98,11 +99,13 @@ class Workbench:
         return status, self.table(result["codes"], dialogue), highlighted(dialogue, codes), codes, state
 
     def band_text(self, confidence: float | None) -> str:
+        """The band and, per split make bench measured, how often a top suggestion in it was right."""
         name = calibration.band(confidence)
-        measured = self.bands.get(name) or {}
-        if measured.get("accuracy") is not None:
-            return f"{name} (measured: {measured['accuracy']:.0%} right, n={measured['n']})"
-        return f"{name} (not measured for this model: run make bench)"
+        measured = [f"{split}: {bands[name]['accuracy']:.0%} right of {bands[name]['n']}"
+                    for split, bands in self.bands.items() if (bands.get(name) or {}).get("accuracy") is not None]
+        if measured:
+            return f"{name} (measured on {'; '.join(measured)})"
+        return f"{name} (not measured for this model and band: run make bench)"
 
     def table(self, codes: list[dict[str, Any]], dialogue: str) -> str:
         rows = []
@@ -203,18 +206,23 @@ class Workbench:
                 f"`{display_path(csv_path)}`."), str(json_path), str(csv_path)
 
 
-def measured_bands(suggester: Suggester, bench_file: Path = BENCH_FILE) -> tuple[dict[str, Any] | None, str]:
-    """The band accuracies ``make bench`` measured for this adapter, and a line saying where they come from."""
+def measured_bands(suggester: Suggester, bench_file: Path = BENCH_FILE) -> tuple[dict[str, Any], str]:
+    """Band accuracies ``make bench`` measured for this adapter, per split ("real dialogues", "demo"), and a line
+    saying where they come from."""
     if not bench_file.is_file():
-        return None, "Confidence bands are not measured yet: run `make bench`."
+        return {}, "Confidence bands are not measured yet: run `make bench`."
     stage = json.loads(bench_file.read_text()).get("app") or {}
     wanted = audit.adapter_hash(suggester.adapter)
-    for name in ("real", "demo"):
-        measured = stage.get("calibration", {}).get(name) or {}
+    found = {}
+    notes = []
+    for split, title in (("real", "real dialogues"), ("demo", "demo")):
+        measured = stage.get("calibration", {}).get(split) or {}
         if measured.get("adapter_sha256") == wanted and measured.get("bands"):
-            return measured["bands"], (f"Confidence bands measured by `make bench` on the {name} split "
-                                       f"(n={measured['n']}, ECE {measured['ece']}).")
-    return None, "Confidence bands were measured for another model or adapter: run `make bench` again."
+            found[title] = measured["bands"]
+            notes.append(f"{title}: n={measured['n']}, top-1 right {measured['accuracy']:.0%}, ECE {measured['ece']}")
+    if not found:
+        return {}, "Confidence bands were measured for another model or adapter: run `make bench` again."
+    return found, f"Confidence measured by `make bench` ({'; '.join(notes)})."
 
 
 def build(bench: Workbench, note: str):

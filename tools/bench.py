@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env, subprocess_env, workspace_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, REPO_ROOT  # noqa: E402
+from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, REPO_ROOT, display_path  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 TOOLS = REPO_ROOT / "tools"
@@ -422,13 +422,15 @@ def bench_approach_cost(work: Path, dialogues: int, repeats: int = 3) -> dict[st
 # ---------------------------------------------------------------- 8. app
 
 
-def bench_app(work: Path, real_dialogues: int) -> dict[str, Any]:
-    """Calibration of the workbench's confidence, evidence coverage of gold codes, search latency."""
+def bench_app(work: Path, real_dialogues: int, adapter_arg: str | None = None,
+              base_model: str = str(EMBEDDED_MODEL)) -> dict[str, Any]:
+    """Calibration of the workbench's confidence (for the adapter the app will serve), evidence coverage of
+    gold codes, search latency."""
     from icd10_coder import calibration
     from icd10_coder.audit import adapter_hash
     from icd10_coder.codes import normalize_code, search
     from icd10_coder.evidence import evidence
-    from icd10_coder.predictor import DEFAULT_ADAPTER, load_suggester, resolve_adapter
+    from icd10_coder.predictor import load_suggester, resolve_adapter
 
     demo_rows = [json.loads(line) for line in (demo_data(work) / "test.jsonl").read_text().splitlines()]
     splits = {"demo": [(r["dialogue"], r["gold_code"]) for r in demo_rows]}
@@ -439,8 +441,8 @@ def bench_app(work: Path, real_dialogues: int) -> dict[str, Any]:
     for name, pairs in splits.items():
         covered = sum(bool(evidence(d, g)) for d, g in pairs)
         result["evidence"][name] = {"n": len(pairs), "gold_with_evidence": round(covered / len(pairs), 4)}
-    adapter = resolve_adapter(None)
-    suggester = load_suggester(str(EMBEDDED_MODEL), None if adapter is None else str(adapter), device="cpu")
+    adapter = resolve_adapter(adapter_arg)
+    suggester = load_suggester(base_model, "none" if adapter is None else str(adapter), device="cpu")
     for name, pairs in splits.items():
         chosen = pairs if name == "demo" else pairs[:real_dialogues]
         outcomes = []
@@ -448,9 +450,9 @@ def bench_app(work: Path, real_dialogues: int) -> dict[str, Any]:
             codes = suggester.suggest([dialogue], 5)[0]["codes"]
             outcomes.append((codes[0]["confidence"] if codes else 0.0, bool(codes) and codes[0]["code"] == gold))
         result["calibration"][name] = {
-            **calibration.measure(outcomes), "adapter": str(adapter.relative_to(REPO_ROOT)) if adapter else None,
+            **calibration.measure(outcomes), "base_model": display_path(base_model),
+            "adapter": display_path(adapter) if adapter else None,
             "adapter_sha256": adapter_hash(adapter), "note": "top suggestion's confidence vs exact match"}
-    result["calibration"]["default_adapter_present"] = (DEFAULT_ADAPTER / "adapter_config.json").is_file()
     queries = ["diabetis type 2", "E11.9", "pain in left knee", "pneumonia", "fracture of femur"]
     times = []
     for _ in range(3):
@@ -546,11 +548,15 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval",
               help="Real dialogues per approach in the approach_cost stage.")
 @click.option("--app-dialogues", type=int, default=20, show_default=True,
               help="Real dialogues for the app stage's calibration (all demo test dialogues are used too).")
+@click.option("--app-adapter", default=None, metavar="DIR|none",
+              help="Adapter whose confidence the app stage calibrates (the app shows bands only for the same adapter). "
+                   "Default: make demo's, when present.")
+@click.option("--app-base-model", default=str(EMBEDDED_MODEL), show_default=True, help="Its base model.")
 @click.option("--only", multiple=True, type=click.Choice(STAGES), help="Run only these stages (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
               show_default=True)
 def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_dialogues: int,
-         only: tuple[str, ...], out: Path) -> None:
+         app_adapter: str | None, app_base_model: str, only: tuple[str, ...], out: Path) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)
     stages = only or STAGES
@@ -565,7 +571,7 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_
                    "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work),
                    "retrieval": lambda: bench_retrieval(rows),
                    "approach_cost": lambda: bench_approach_cost(work, cost_dialogues),
-                   "app": lambda: bench_app(work, app_dialogues)}
+                   "app": lambda: bench_app(work, app_dialogues, app_adapter, app_base_model)}
         for stage in STAGES:
             if stage not in stages:
                 continue
