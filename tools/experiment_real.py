@@ -1,7 +1,7 @@
 """The real-data experiment (``make experiment-real``): do the models beat the lookup on unseen codes?
 
     python tools/experiment_real.py                       # ~1 hour on 2 CPU cores
-    python tools/experiment_real.py --max-steps 1 --limit 2 --no-generation  # a cheap slice (the tests')
+    python tools/experiment_real.py --max-steps 1 --limit 2 --no-generation --no-shortlist-lora  # the tests' slice
 
 On the shared sample of real MedSynth dialogues (one per code), split **by code**: half of
 the codes are held out whole (``test_unseen.jsonl``); of the other half, a quarter are the
@@ -65,8 +65,11 @@ BASELINE_CHOICE, FINETUNED_CHOICE = "recipes/eval/baseline-slm-choice.yml", "rec
 @click.option("--generation/--no-generation", default=True, show_default=True,
               help="Also score the generating approaches (zero-shot plain and shortlist, finetuned shortlist): "
                    "~19 of the ~56 minutes on 2 cores. --no-generation: Retrieval, choice and fusion only.")
+@click.option("--shortlist-lora/--no-shortlist-lora", default=True, show_default=True,
+              help="Train the LoRA on shortlist prompts and score it (~17 minutes). --no-shortlist-lora: the adapter "
+                   "trained to choose is the only trained one.")
 def main(sample: Path, workspace: str, unseen: float, val_fraction: float, shortlist_k: int, epochs: int,
-         max_steps: int | None, limit: int | None, generation: bool) -> None:
+         max_steps: int | None, limit: int | None, generation: bool, shortlist_lora: bool) -> None:
     """Retrieval vs the embedded SLM (zero-shot, shortlist, choice by likelihood, fusion, LoRA) on unseen real codes."""
     if not sample.is_file():
         raise click.ClickException(f"{sample}: the real MedSynth sample is missing")
@@ -113,13 +116,14 @@ def main(sample: Path, workspace: str, unseen: float, val_fraction: float, short
         run("baseline SLM, plain prompt", [*unseen_only, BASELINE], timings, space)
         run("baseline SLM, shortlist prompt", [*unseen_only, "--shortlist", BASELINE], timings, space)
     choose_and_fuse("baseline SLM", BASELINE_CHOICE, "", [])
-    run("LoRA on shortlist prompts of the training codes", [python, "tools/train.py", SHORTLIST_RECIPE, *ws, *train],
-        timings, space)
-    on_shortlist_adapter = ["--recipe", SHORTLIST_RECIPE]
-    if generation:
-        run("finetuned SLM, shortlist prompt", [*unseen_only, "--shortlist", *on_shortlist_adapter, FINETUNED],
-            timings, space)
-    choose_and_fuse("finetuned SLM", FINETUNED_CHOICE, "", on_shortlist_adapter)
+    if shortlist_lora:
+        run("LoRA on shortlist prompts of the training codes",
+            [python, "tools/train.py", SHORTLIST_RECIPE, *ws, *train], timings, space)
+        on_shortlist_adapter = ["--recipe", SHORTLIST_RECIPE]
+        if generation:
+            run("finetuned SLM, shortlist prompt", [*unseen_only, "--shortlist", *on_shortlist_adapter, FINETUNED],
+                timings, space)
+        choose_and_fuse("finetuned SLM", FINETUNED_CHOICE, "", on_shortlist_adapter)
     run("LoRA trained to choose", [python, "tools/train.py", CHOOSE_RECIPE, *ws, *train], timings, space)
     choose_and_fuse("SLM trained to choose", FINETUNED_CHOICE, "finetuned-slm-choose-choice",
                     ["--recipe", CHOOSE_RECIPE])
@@ -127,7 +131,7 @@ def main(sample: Path, workspace: str, unseen: float, val_fraction: float, short
     timings["total"] = round(time.perf_counter() - started, 1)
     settings = {"sample": display_path(sample.resolve()), "unseen_codes": unseen, "val_fraction": val_fraction,
                 "shortlist_k": shortlist_k, "epochs": epochs, "max_steps": max_steps, "limit": limit,
-                "generation": generation,
+                "generation": generation, "shortlist_lora": shortlist_lora,
                 "recipes": [SHORTLIST_RECIPE, CHOOSE_RECIPE], "recipe_overrides": train}
     (space.report_dir / "experiment.json").write_text(json.dumps({"settings": settings, "timings_s": timings},
                                                                  indent=2) + "\n")
