@@ -30,6 +30,7 @@ from icd10_coder import choice  # noqa: E402
 from icd10_coder.paths import display_path, make_private  # noqa: E402
 from icd10_coder.scoring import METRICS, score_codes  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
+from report import newest  # noqa: E402  (the report's lookup of lm-eval's newest output file)
 
 CHOICE_TASK = "icd10_medsynth_choice"
 TEST_TASKS = (CHOICE_TASK, "icd10_medsynth_choice_unseen")
@@ -38,9 +39,8 @@ FUSED_SUFFIX = "-fused"
 
 
 def newest_samples(folder: Path, task: str) -> Path | None:
-    """lm-eval's newest per-sample log of ``task`` under ``folder`` (timestamps start with a digit)."""
-    found = sorted(folder.rglob(f"samples_{task}_[0-9]*.jsonl"), key=lambda p: p.name)
-    return found[-1] if found else None
+    """lm-eval's newest per-sample log of ``task`` under ``folder``, found as the report finds it."""
+    return newest(folder, f"samples_{task}_[0-9]*.jsonl")
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] |
     ``beam_probabilities`` (one per answer, summing to 1) give each code its confidence: the
     probability mass of the answers that start with it (0 for a code only named as an alternative).
     """
-    from icd10_coder.codes import description, hierarchy, validity
+    from icd10_coder.codes import hierarchy, validity
     from icd10_coder.parsing import extract_codes
 
     ranked: list[str] = []
