@@ -280,8 +280,11 @@ def build(bench: Workbench, note: str):
         reject.click(lambda s: bench.decide("reject", None, s), [state], decided)
         override.click(lambda code, s: bench.decide("override", code, s), [found, state], decided)
         found.change(bench.evidence_for, [found, state], found_evidence)
-        find.click(lambda q: gr.update(choices=bench.search_codes(q), value=None), [query], found)
-        query.submit(lambda q: gr.update(choices=bench.search_codes(q), value=None), [query], found)
+        def on_search(text):
+            return gr.update(choices=bench.search_codes(text), value=None)
+
+        find.click(on_search, [query], found)
+        query.submit(on_search, [query], found)
         run_batch.click(on_batch, [batch_file], [batch_status, batch_json, batch_csv])
     return page, theme
 
