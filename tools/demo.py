@@ -32,6 +32,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import workspace_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
+from icd10_coder.stages import run  # noqa: E402
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
 RECIPE = "recipes/demo-cpu.yml"
@@ -40,16 +41,6 @@ SHORTLIST_K = 10
 SLM_CONFIGS = ["recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"]
 TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
-
-
-def run(stage: str, command: list[str], timings: dict[str, float], workspace: Workspace) -> None:
-    shown = [display_path(part) if part.startswith("/") else part for part in command]
-    click.secho(f"\n=== {stage}: {' '.join(shown)}", bold=True)
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, env=workspace_env(workspace, hub_offline=True), check=False)
-    timings[stage] = round(time.perf_counter() - started, 1)
-    if result.returncode != 0:
-        raise click.ClickException(f"stage '{stage}' failed (exit {result.returncode}); see the output above")
 
 
 def free_port() -> int:

@@ -1,28 +1,17 @@
-"""The real-data experiment (``make experiment-real``): do the models beat the lookup on unseen codes?
+"""The real-data experiment (``make experiment-real``): do the models beat the lookup on real dialogues?
 
-    python tools/experiment_real.py                       # ~1 hour on 2 CPU cores
-    python tools/experiment_real.py --max-steps 1 --limit 2 --no-generation --no-shortlist-lora  # the tests' slice
+    python tools/experiment_real.py            # 805 real rows, 3 category folds, ~75 min on 2 CPU cores
+    python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
+    python tools/experiment_real.py --train-rows 2 --dev-rows 3 --test-rows 3 --sibling-rows 2 --max-steps 1 \\
+        --retriever-variant "tfidf (previous default)" --no-docs    # the tests' slice
 
-On the shared sample of real MedSynth dialogues (one per code), split **by code**: half of
-the codes are held out whole (``test_unseen.jsonl``); of the other half, a quarter are the
-validation split (also never trained on: they choose the fusion weight) and the rest train.
-On the unseen codes, with the same task, parser and scorer as everything else:
-
-1. Retrieval (no model): the retriever's top codes (code texts only: no training dialogue can
-   hold an unseen code, so the nearest-neighbour part is off here, for the floor and the shortlist);
-2. the embedded SLM zero-shot, generating, plain prompt and prompt with the top-10 shortlist;
-3. the same model choosing by likelihood among the shortlist (task ``icd10_medsynth_choice``),
-   and that choice fused with the retrieval score (weight chosen on validation, ``tools/fuse.py``);
-4. the SLM LoRA-trained on shortlist prompts (``recipes/demo-cpu-shortlist.yml``): generating,
-   choosing, fused;
-5. the SLM LoRA-trained to choose (``recipes/demo-cpu-choose.yml``: gold always on the list,
-   list shuffled): choosing, fused.
-
-Training uses ``sequence_len`` 2048 for real dialogues and one sequence per micro-batch,
-accumulating 2 (the recipe's effective batch at half the memory). Everything happens in its
-own workspace (default ``outputs/experiment-real/``); the report (95% Wilson intervals, exact
-McNemar tests against Retrieval, Holm-corrected) lands in its ``report/``. The dialogues are
-read in place, never copied into the checkout.
+Reads the shared real MedSynth files in place (``../shared/data/``: 805 rows, one per code, every
+chapter), splits them into category folds, makes every choice on each fold's dev rows and scores the
+test rows once at the end (protocol: ``icd10_coder/experiment.py``). Two conditions, each its own
+table: **unseen categories** (no test code has a trained sibling) and **unseen codes, seen siblings**.
+Writes ``choices.json``, ``journal.jsonl``, ``outcomes.jsonl``, ``results.json`` and ``report.md`` into
+``<workspace>/report/``, and, unless ``--no-docs``, the tables into ``docs/generated/experiment-real.md``
+and the README/GUIDE blocks that show them.
 """
 
 from __future__ import annotations
@@ -32,111 +21,105 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo import run  # noqa: E402  (the same stage runner as make demo)
-from icd10_coder.paths import EMBEDDED_MODEL, MEDSYNTH_SAMPLE, display_path  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.experiment import Settings, markdown, run_experiment, verdict
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.paths import EMBEDDED_MODEL, display_path
+from icd10_coder.realdata import REAL_FILES, load_real_rows
+from icd10_coder.retrieval_study import VARIANTS
+from icd10_coder.stages import run
+from icd10_coder.workspace import Workspace
 
-SHORTLIST_RECIPE = "recipes/demo-cpu-shortlist.yml"
-CHOOSE_RECIPE = "recipes/demo-cpu-choose.yml"
-BASELINE, FINETUNED = "recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"
-BASELINE_CHOICE, FINETUNED_CHOICE = "recipes/eval/baseline-slm-choice.yml", "recipes/eval/finetuned-slm-choice.yml"
+QUICK = {"train_rows": 8, "dev_rows": 12, "test_rows": 20, "sibling_rows": 8}
+DEFAULTS = Settings()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--sample", type=click.Path(dir_okay=False, path_type=Path), default=MEDSYNTH_SAMPLE,
-              show_default=True, help="Real MedSynth rows (JSONL with Dialogue and ICD10), read in place.")
 @click.option("--workspace", default="outputs/experiment-real", show_default=True, metavar="DIR",
               help="The experiment's own workspace (replaced on every run).")
-@click.option("--unseen-codes", "unseen", type=click.FloatRange(0.1, 0.9), default=0.5, show_default=True,
-              help="Share of codes held out of training.")
-@click.option("--val-fraction", type=click.FloatRange(0.05, 0.5), default=0.25, show_default=True,
-              help="Share of the remaining codes held out for validation (the fusion weight).")
-@click.option("--shortlist-k", type=click.IntRange(1, 50), default=10, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="LoRA epochs of each training (shortlist prompts; trained to choose).")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after N steps (slices).")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate only the first N unseen (and validation) rows.")
-@click.option("--generation/--no-generation", default=True, show_default=True,
-              help="Also score the generating approaches (zero-shot plain and shortlist, finetuned shortlist): "
-                   "~19 of the ~56 minutes on 2 cores. --no-generation: Retrieval, choice and fusion only.")
-@click.option("--shortlist-lora/--no-shortlist-lora", default=True, show_default=True,
-              help="Train the LoRA on shortlist prompts and score it (~17 minutes). --no-shortlist-lora: the adapter "
-                   "trained to choose is the only trained one.")
-def main(sample: Path, workspace: str, unseen: float, val_fraction: float, shortlist_k: int, epochs: int,
-         max_steps: int | None, limit: int | None, generation: bool, shortlist_lora: bool) -> None:
-    """Retrieval vs the embedded SLM (zero-shot, shortlist, choice by likelihood, fusion, LoRA) on unseen real codes."""
-    if not sample.is_file():
-        raise click.ClickException(f"{sample}: the real MedSynth sample is missing")
+@click.option("--folds", type=click.IntRange(2, 10), default=DEFAULTS.folds, show_default=True,
+              help="Category folds (every category is tested in one fold).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the folds and subsamples.")
+@click.option("--train-rows", type=click.IntRange(min=1), default=DEFAULTS.train_rows, show_default=True,
+              help="Training rows per fold (LoRA costs ~15-20 s per real row and epoch on 2 CPU cores).")
+@click.option("--dev-rows", type=click.IntRange(min=1), default=DEFAULTS.dev_rows, show_default=True,
+              help="Dev rows per fold (every choice is made on them).")
+@click.option("--test-rows", type=click.IntRange(min=1), default=DEFAULTS.test_rows, show_default=True,
+              help="Unseen-category test rows per fold (~3 s per row and model on 2 CPU cores).")
+@click.option("--sibling-rows", type=click.IntRange(min=1), default=DEFAULTS.sibling_rows, show_default=True,
+              help="Seen-sibling test rows per fold.")
+@click.option("--shortlist-k", type=click.IntRange(2, 50), default=DEFAULTS.shortlist_k, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each training after N steps.")
+@click.option("--retriever-variant", "variants", multiple=True, type=click.Choice(list(VARIANTS)),
+              help="Retriever variants to choose from on dev (repeat; default: all of retrieval_study.VARIANTS).")
+@click.option("--quick", is_flag=True, help="Fewer rows per fold (" + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+              + "): ~20 min; never writes the docs.")
+@click.option("--docs/--no-docs", default=True, show_default=True,
+              help="Write the tables into docs/generated/experiment-real.md, README.md and GUIDE.md.")
+def main(workspace: str, folds: int, seed: int, train_rows: int, dev_rows: int, test_rows: int, sibling_rows: int,
+         shortlist_k: int, epochs: int, max_steps: int | None, variants: tuple[str, ...], quick: bool,
+         docs: bool) -> None:
+    """Retrieval vs the embedded SLM (zero-shot and LoRA, choice by likelihood, fusion) on real category folds."""
+    apply_offline_env(hub_offline=True)
     if not (EMBEDDED_MODEL / "config.json").is_file():
         raise click.ClickException(f"{EMBEDDED_MODEL} is missing: run `make setup` first")
     space = Workspace.at(workspace)
     if space.is_real:
         raise click.ClickException("the experiment never runs in the real run's workspace; pick another --workspace")
+    try:
+        rows = load_real_rows()
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    settings = Settings(folds=folds, seed=seed, train_rows=train_rows, dev_rows=dev_rows, test_rows=test_rows,
+                        sibling_rows=sibling_rows, shortlist_k=shortlist_k, epochs=epochs, max_steps=max_steps,
+                        retriever_variants=variants)
+    if quick:
+        settings, docs = replace(settings, **QUICK), False
     shutil.rmtree(space.root, ignore_errors=True)
     os.umask(0o077)  # real dialogues: owner-only
-    python, ws = sys.executable, ["--workspace", str(space.root)]
-    split = ["--source", str(sample), "--unseen-codes", str(unseen), "--val-fraction", str(val_fraction),
-             "--test-fraction", "0"]
-    # No training dialogue holds an unseen code, so neighbours could only add wrong codes: the
-    # floor and the shortlist are the code-text lookup alone (measured: make bench, GUIDE section 6).
-    shortlist = ["--shortlist", str(shortlist_k), "--shortlist-neighbours", "0"]
-    evaluate = [python, "tools/run_eval.py", *ws] + (["--limit", str(limit)] if limit else [])
-    unseen_only = [*evaluate, "--unseen-only"]
-    # Real dialogues need sequence_len 2048; one sequence per micro-batch (accumulating 2, the
-    # recipe's effective batch) keeps the CPU run's memory to about half of micro-batch 2's ~12 GB.
-    train = [f"--num_epochs={epochs}", "--sequence_len=2048", "--micro_batch_size=1",
-             "--gradient_accumulation_steps=2"]
-    if max_steps:  # a slice: a few steps, and no validation loss (~80 s per pass over the validation rows)
-        train += [f"--max_steps={max_steps}", "--eval_strategy=no"]
     timings: dict[str, float] = {}
+    overrides = [f"--num_epochs={settings.epochs}", "--sequence_len=2048", "--micro_batch_size=1",
+                 "--gradient_accumulation_steps=2", "--eval_strategy=no"]
+    if settings.max_steps:
+        overrides.append(f"--max_steps={settings.max_steps}")
+
+    def train(stage: str, workspace_args: list[str]) -> None:
+        run(stage, [sys.executable, "tools/train.py", settings.recipe, *workspace_args, *overrides], timings,
+            Workspace.at(workspace_args[-1]))
+
+    def load_predictor(adapter: Path | None):
+        from icd10_coder.predictor import Predictor
+
+        return Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
+
     started = time.perf_counter()
+    results = run_experiment(space, rows, settings, train, load_predictor, log=click.echo)
+    minutes = (time.perf_counter() - started) / 60
+    command = "python tools/experiment_real.py" + (" --quick" if quick else "")
+    header = (f"{len(rows)} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), "
+              f"{settings.folds} category folds; per fold {settings.train_rows} training, {settings.dev_rows} dev, "
+              f"{settings.test_rows} unseen-category and {settings.sibling_rows} seen-sibling test rows (drawn at "
+              f"random from the fold's split, to fit ~{minutes:.0f} min on 2 CPU cores); every choice made on dev "
+              f"(`choices.json`), test rows scored once. `{command}` ({'make experiment-real' if not quick else ''}"
+              f"), {date.today().isoformat()}, {minutes:.0f} min.")
+    text = f"{header}\n\n{verdict(results)}\n\n{markdown(results)}"
+    results["minutes"] = round(minutes, 1)
+    results["stage_seconds"] = timings
+    (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (space.report_dir / "report.md").write_text("# Real-data experiment\n\n" + text)
+    click.echo("\n" + text)
+    if docs:
+        from icd10_coder.generated import write_generated
 
-    def choose_and_fuse(title: str, config: str, name: str, recipe: list[str]) -> None:
-        """Choice by likelihood on validation (for the weight) and unseen codes, then the fusion."""
-        named = ["--name", name] if name else []
-        run(f"{title}: choice, validation split", [*evaluate, "--shortlist", "--split", "val", *recipe, *named, config],
-            timings, space)
-        run(f"{title}: choice, unseen codes", [*unseen_only, "--shortlist", *recipe, *named, config], timings, space)
-        folder = (name or Path(config).stem) + "-shortlist"
-        run(f"{title}: fused with retrieval", [python, "tools/fuse.py", *ws, folder], timings, space)
-
-    run("prepare (plain prompts)", [python, "tools/prepare.py", *split, *ws], timings, space)
-    run("prepare (shortlist prompts)", [python, "tools/prepare.py", *split, *shortlist, *ws], timings, space)
-    run("prepare (rows that teach choosing)", [python, "tools/prepare.py", *split, *shortlist, "--choose", *ws],
-        timings, space)
-    run("retrieval (code texts only)", [*unseen_only, "recipes/eval/retrieval.yml", "--model-arg", "neighbours=0"],
-        timings, space)
-    if generation:
-        run("baseline SLM, plain prompt", [*unseen_only, BASELINE], timings, space)
-        run("baseline SLM, shortlist prompt", [*unseen_only, "--shortlist", BASELINE], timings, space)
-    choose_and_fuse("baseline SLM", BASELINE_CHOICE, "", [])
-    if shortlist_lora:
-        run("LoRA on shortlist prompts of the training codes",
-            [python, "tools/train.py", SHORTLIST_RECIPE, *ws, *train], timings, space)
-        on_shortlist_adapter = ["--recipe", SHORTLIST_RECIPE]
-        if generation:
-            run("finetuned SLM, shortlist prompt", [*unseen_only, "--shortlist", *on_shortlist_adapter, FINETUNED],
-                timings, space)
-        choose_and_fuse("finetuned SLM", FINETUNED_CHOICE, "", on_shortlist_adapter)
-    run("LoRA trained to choose", [python, "tools/train.py", CHOOSE_RECIPE, *ws, *train], timings, space)
-    choose_and_fuse("SLM trained to choose", FINETUNED_CHOICE, "finetuned-slm-choose-choice",
-                    ["--recipe", CHOOSE_RECIPE])
-    run("report", [python, "tools/report.py", *ws], timings, space)
-    timings["total"] = round(time.perf_counter() - started, 1)
-    settings = {"sample": display_path(sample.resolve()), "unseen_codes": unseen, "val_fraction": val_fraction,
-                "shortlist_k": shortlist_k, "epochs": epochs, "max_steps": max_steps, "limit": limit,
-                "generation": generation, "shortlist_lora": shortlist_lora,
-                "recipes": [SHORTLIST_RECIPE, CHOOSE_RECIPE], "recipe_overrides": train}
-    (space.report_dir / "experiment.json").write_text(json.dumps({"settings": settings, "timings_s": timings},
-                                                                 indent=2) + "\n")
-    click.secho(f"\nExperiment finished in {timings['total'] / 60:.0f} min. Report: "
-                f"{display_path(space.report_dir)}/report.md", bold=True)
+        click.echo(f"wrote {display_path(write_generated('experiment-real', text))} and the README/GUIDE blocks")
+    click.secho(f"\nExperiment finished in {minutes:.0f} min. Report: {display_path(space.report_dir)}/report.md",
+                bold=True)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from icd10_coder.codes import chapter_title  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
 from icd10_coder.paths import display_path  # noqa: E402
 from icd10_coder.scoring import LOWER_IS_BETTER, METRICS  # noqa: E402
+from icd10_coder.stats import holm, mcnemar, wilson  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 APPROACHES = ("retrieval", "baseline-llm", "baseline-slm", "finetuned-slm")
@@ -70,7 +71,6 @@ UNSEEN_TASK = "icd10_medsynth_unseen"
 TASK_VARIANTS = {TASK: (TASK, "icd10_medsynth_choice"), UNSEEN_TASK: (UNSEEN_TASK, "icd10_medsynth_choice_unseen")}
 TASK_TITLES = {TASK: "Test split (codes seen in training)", UNSEEN_TASK: "Unseen codes (never seen in training)"}
 MISSING_NAME = "missing.json"
-Z95 = 1.959963984540054
 
 
 @dataclass
@@ -145,17 +145,6 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     return approach
 
 
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval: honest at small n and at 0 or 1, unlike mean +- 2 stderr."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
     task_results = approach.results.get("results", {}).get(approach.results_task, {})
     summary = {}
@@ -170,27 +159,6 @@ def metric_summary(approach: Approach) -> dict[str, dict[str, float]]:
     return summary
 
 
-def mcnemar(a: dict[str, int], b: dict[str, int], lower_is_better: bool = False) -> dict[str, Any]:
-    """Exact McNemar test on the items both approaches answered (two-sided binomial on discordant pairs).
-
-    ``a_only``/``b_only`` count items where only A (only B) scores 1; ``a_better``/``b_better``
-    turn that into who did better, which for a lower-is-better metric is the other one.
-    """
-    common = sorted(set(a) & set(b))
-    only_a = sum(1 for k in common if a[k] and not b[k])
-    only_b = sum(1 for k in common if b[k] and not a[k])
-    discordant = only_a + only_b
-    if discordant == 0:
-        p_value = 1.0
-    else:
-        tail = sum(math.comb(discordant, i) for i in range(0, min(only_a, only_b) + 1)) / 2**discordant
-        p_value = min(1.0, 2 * tail)
-    diff = (sum(b[k] for k in common) - sum(a[k] for k in common)) / len(common) if common else math.nan
-    a_better, b_better = (only_b, only_a) if lower_is_better else (only_a, only_b)
-    return {"n_paired": len(common), "a_only": only_a, "b_only": only_b, "a_better": a_better,
-            "b_better": b_better, "difference_b_minus_a": diff, "p_value": p_value}
-
-
 def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
     """Every pair while there are few approaches; with more, each one against Retrieval (the floor)."""
     tests = []
@@ -203,15 +171,6 @@ def paired_tests(approaches: list[Approach]) -> list[dict[str, Any]]:
             result = mcnemar(a.per_item(metric), b.per_item(metric), lower_is_better=metric in LOWER_IS_BETTER)
             tests.append({"task": a.task, "a": a.name, "b": b.name, "metric": metric, **result})
     return tests
-
-
-def holm(tests: list[dict[str, Any]]) -> None:
-    """Add ``p_holm`` to every test: Holm's step-down correction over all of them (family-wise error 5%)."""
-    order = sorted(range(len(tests)), key=lambda i: tests[i]["p_value"])
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(tests) - rank) * tests[index]["p_value"]))
-        tests[index]["p_holm"] = running
 
 
 def confusions(approach: Approach, top: int = 10) -> list[tuple[str, str, int]]:

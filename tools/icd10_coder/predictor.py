@@ -193,6 +193,13 @@ class Predictor:
         log-likelihoods: a probability, where the choice task's per-character scores only rank)."""
         import torch
 
+        scores = self.candidate_loglikelihoods(dialogue, candidates)
+        probabilities = torch.softmax(torch.tensor([total for total, _ in scores]), dim=-1).tolist()
+        return dict(zip(candidates, probabilities, strict=True))
+
+    def candidate_loglikelihoods(self, dialogue: str, candidates: list[str]) -> list[tuple[float, int]]:
+        """(summed log-likelihood, token count) of each candidate's answer line after the shortlist prompt: the
+        choice task's numbers, from one prompt pass (``choice.continuation_loglikelihoods``)."""
         from icd10_coder.choice import answer_lines, continuation_loglikelihoods
 
         prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates), add_generation_prompt=True,
@@ -200,8 +207,7 @@ class Predictor:
         context = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         lines = [self.tokenizer(line, add_special_tokens=False)["input_ids"] for line in answer_lines(candidates)]
         scores = continuation_loglikelihoods(self.model, context, lines, self.device)
-        probabilities = torch.softmax(torch.tensor([total for total, _ in scores]), dim=-1).tolist()
-        return dict(zip(candidates, probabilities, strict=True))
+        return [(total, len(tokens)) for (total, _), tokens in zip(scores, lines, strict=True)]
 
 
 class VllmPredictor:

@@ -24,6 +24,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,20 @@ from typing import Any
 from icd10_coder.codes import billable_codes, description
 
 # What the index is built from; part of the cache key.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 
 
 VIEWS = ("description", "full")
+
+
+QUERY_PARTS = ("whole", "doctor", "cues")
+# Sentences where a doctor names or explains a diagnosis (MedSynth: usually after the examination).
+CUE_PATTERN = re.compile(
+    r"\b(diagnos\w*|consistent with|you have|you've got|looks like|suggest\w*|indicat\w*|confirm\w*|"
+    r"likely|impression|assessment|condition called|known as|caused by|due to|results? show\w*)\b",
+    re.IGNORECASE)
+_SENTENCE = re.compile(r"(?<=[.?!])\s+|\n")
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,17 @@ class RetrievalSettings:
     # trained on, neighbours can only add wrong codes.
     neighbour_weight: float = 1.0
     ngram_max: int = 3
+    # Parts of the dialogue matched against the code texts, each its own ranking: "whole", the
+    # "doctor"'s turns, the sentences with diagnostic "cues" (CUE_PATTERN); parts other than the
+    # whole dialogue weigh ``part_weight`` in the fusion.
+    query_parts: tuple[str, ...] = ("whole",)
+    part_weight: float = 1.0
+    # Dense ranking (icd10_coder.dense): each code's description against the dialogue's sentences
+    # (best sentence counts); 0 = off.
+    dense_weight: float = 0.0
+    # Hierarchical: a code also earns its category's rank among category texts (the category's own
+    # description and all its codes'); 0 = off.
+    category_weight: float = 0.0
 
 
 def code_text(code: str, view: str) -> str:
@@ -74,6 +95,61 @@ def _vectorizer(ngram_max: int):
                            token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b", dtype="float32")
 
 
+def query_text(dialogue: str, part: str) -> str:
+    """The part of a dialogue one query ranking reads; the whole dialogue when the part is empty."""
+    if part == "whole":
+        return dialogue
+    if part == "doctor":
+        chosen = [line for line in dialogue.split("\n") if line.lower().startswith("doctor:")]
+    elif part == "cues":
+        chosen = [s for s in _SENTENCE.split(dialogue) if CUE_PATTERN.search(s)]
+    else:
+        raise ValueError(f"unknown query part {part!r} (known: {', '.join(QUERY_PARTS)})")
+    return "\n".join(chosen) or dialogue
+
+
+def sentences(dialogue: str) -> list[str]:
+    """The dialogue's sentences without speaker tags, at least three words each (the dense queries)."""
+    found = []
+    for sentence in _SENTENCE.split(dialogue):
+        text = re.sub(r"^[A-Za-z' ]{1,30}:\s*", "", sentence.strip())
+        if len(text.split()) >= 3:
+            found.append(text)
+    return found or [dialogue]
+
+
+# Dense scores of recent dialogues (a study ranks the same rows with many settings): ~300 KB each.
+DENSE_MEMO_SIZE = 1024
+_DENSE_MEMO: dict[str, Any] = {}
+
+
+@lru_cache(maxsize=2)
+def _dense_codes(codes: tuple[str, ...]) -> Any:
+    """Unit embeddings of every code's description (float32), shared by all workspaces (see dense)."""
+    from icd10_coder.dense import cached_encode, ensure_encoder
+
+    return cached_encode([description(c) or "" for c in codes], ensure_encoder(), "codes-description").astype(
+        "float32")
+
+
+def _category_documents(codes: list[str]) -> tuple[list[str], list[str], dict[str, list[int]]]:
+    """Category ids, their texts (own description + every code's) and the code positions per category."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for position, code in enumerate(codes):
+        members[code[:3]].append(position)
+    names = sorted(members)
+    texts = [" ; ".join([description(name) or ""] + [description(codes[j]) or "" for j in members[name]])
+             for name in names]
+    return names, texts, members
+
+
+@lru_cache(maxsize=4)
+def _code_index(view: str, ngram_max: int) -> tuple[Any, Any]:
+    """TF-IDF over every billable code's text in one view (~15 s; shared by retrievers in one process)."""
+    vectorizer = _vectorizer(ngram_max)
+    return vectorizer, vectorizer.fit_transform([code_text(c, view) for c in billable_codes()])
+
+
 @dataclass
 class Retriever:
     """A fitted shortlist index: call :meth:`shortlist` with dialogues."""
@@ -84,21 +160,27 @@ class Retriever:
     train_codes: list[str] = field(default_factory=list)
     train_vectorizer: Any = None
     train_matrix: Any = None
+    categories: list[str] = field(default_factory=list)
+    category_index: tuple[Any, Any] | None = None
+    category_members: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, settings: RetrievalSettings = RetrievalSettings(),
             train: list[tuple[str, str]] | None = None) -> Retriever:
         """Fit on all billable codes and, optionally, (dialogue, gold code) training pairs."""
+        for part in settings.query_parts:
+            query_text("x", part)  # unknown parts fail here, not at the first query
         codes = list(billable_codes())
-        indexes = []
-        for view in settings.views:
-            vectorizer = _vectorizer(settings.ngram_max)
-            indexes.append((vectorizer, vectorizer.fit_transform([code_text(c, view) for c in codes])))
-        retriever = cls(settings, codes, indexes)
+        retriever = cls(settings, codes, [_code_index(view, settings.ngram_max) for view in settings.views])
         if train and settings.neighbours:
             retriever.train_codes = [code for _, code in train]
             retriever.train_vectorizer = _vectorizer(settings.ngram_max)
             retriever.train_matrix = retriever.train_vectorizer.fit_transform([d for d, _ in train])
+        if settings.category_weight:
+            names, texts, members = _category_documents(codes)
+            vectorizer = _vectorizer(settings.ngram_max)
+            retriever.categories, retriever.category_members = names, members
+            retriever.category_index = (vectorizer, vectorizer.fit_transform(texts))
         return retriever
 
     def shortlist(self, dialogues: list[str], k: int = 10,
@@ -110,7 +192,19 @@ class Retriever:
         """
         from sklearn.metrics.pairwise import linear_kernel
 
-        view_scores = [linear_kernel(vectorizer.transform(dialogues), matrix) for vectorizer, matrix in self.indexes]
+        settings = self.settings
+        weighted = []  # (weight, score matrix dialogues x codes)
+        for part in settings.query_parts:
+            queries = [query_text(d, part) for d in dialogues]
+            weight = 1.0 if part == "whole" else settings.part_weight
+            weighted += [(weight, linear_kernel(vectorizer.transform(queries), matrix))
+                         for vectorizer, matrix in self.indexes]
+        if settings.dense_weight:
+            weighted.append((settings.dense_weight, self._dense_scores(dialogues)))
+        category_scores = None
+        if self.category_index is not None:
+            vectorizer, matrix = self.category_index
+            category_scores = linear_kernel(vectorizer.transform(dialogues), matrix)
         neighbour_scores = None
         if self.train_matrix is not None:
             neighbour_scores = linear_kernel(self.train_vectorizer.transform(dialogues), self.train_matrix)
@@ -118,16 +212,39 @@ class Retriever:
         depth = max(k, 100)
         for i in range(len(dialogues)):
             fused: dict[str, float] = defaultdict(float)
-            for scores in view_scores:
+            for weight, scores in weighted:
                 for rank, j in enumerate(_top(scores[i], depth, self.codes)):
                     if scores[i][j] > 0:  # a code sharing no word with the dialogue earns no rank credit
-                        fused[self.codes[j]] += 1.0 / (RRF_K + rank + 1)
+                        fused[self.codes[j]] += weight / (RRF_K + rank + 1)
+            if category_scores is not None:
+                for rank, j in enumerate(_top(category_scores[i], 10, self.categories)):
+                    for member in self.category_members[self.categories[j]]:
+                        if self.codes[member] in fused:  # lifts the category's codes already found
+                            fused[self.codes[member]] += settings.category_weight / (RRF_K + rank + 1)
             if neighbour_scores is not None:
                 for rank, code in enumerate(self._neighbour_ranking(neighbour_scores[i], exclude_self, i)):
                     fused[code] += self.settings.neighbour_weight / (RRF_K + rank + 1)
             ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
             results.append([(code, round(score, 6)) for code, score in ranked])
         return results
+
+    def _dense_scores(self, dialogues: list[str]) -> Any:
+        """Per dialogue and code: the best cosine similarity of any of its sentences to the code's description."""
+        import numpy as np
+
+        from icd10_coder.dense import encode
+
+        codes = _dense_codes(tuple(self.codes))
+        todo = [d for d in dict.fromkeys(dialogues) if d not in _DENSE_MEMO]
+        split = [sentences(d) for d in todo]
+        vectors = encode([s for group in split for s in group]) if todo else None
+        start = 0
+        for dialogue, group in zip(todo, split, strict=True):
+            if len(_DENSE_MEMO) >= DENSE_MEMO_SIZE:
+                _DENSE_MEMO.pop(next(iter(_DENSE_MEMO)))
+            _DENSE_MEMO[dialogue] = (vectors[start:start + len(group)] @ codes.T).max(axis=0)
+            start += len(group)
+        return np.stack([_DENSE_MEMO[d] for d in dialogues])
 
     def _neighbour_ranking(self, similarities, exclude_self: list[int | None] | None, i: int) -> list[str]:
         """Codes of the nearest training dialogues, ranked by summed similarity."""
