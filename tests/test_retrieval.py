@@ -23,6 +23,8 @@ from icd10_coder.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 CODES_ONLY = RetrievalSettings(neighbours=0)
+# Word matching alone: a dialogue sharing no word with any code text gets no candidate (dense always finds some).
+WORDS_ONLY = RetrievalSettings(neighbours=0, query_parts=("whole",), dense_weight=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +44,9 @@ def test_the_described_code_ranks_first_and_ranking_is_deterministic(retriever):
 def test_training_neighbours_bring_in_their_codes_but_never_a_row_itself():
     marker = "zorblax quibbertine flumox"  # words no code text has: only the neighbour can match
     train = [(f"I have {marker}.", "A92.8"), ("my knee hurts", "M25.562")]
-    retriever = Retriever.fit(RetrievalSettings(neighbours=2), train)
+    retriever = Retriever.fit(RetrievalSettings(neighbours=2, query_parts=("whole",), dense_weight=0.0), train)
     assert retriever.shortlist([f"still {marker}"], 5)[0][0][0] == "A92.8"
-    assert Retriever.fit(CODES_ONLY).shortlist([f"still {marker}"], 5)[0] == []  # nothing matches: no guesses
+    assert Retriever.fit(WORDS_ONLY).shortlist([f"still {marker}"], 5)[0] == []  # nothing matches: no guesses
     own = retriever.shortlist([train[0][0]], 5, exclude_self=[0])[0]
     assert "A92.8" not in [c for c, _ in own]  # the row's own gold code does not leak into its shortlist
 
@@ -147,3 +149,51 @@ def test_predict_with_shortlist_shows_it_in_json(tmp_path, embedded_model):
     answer = json.loads(result.stdout)
     assert [c["code"] for c in answer["shortlist"]][0] == "M25.562" and len(answer["shortlist"]) == 4
     assert answer["codes"] and answer["codes"][0]["billable"]
+
+
+def test_query_parts_pick_the_doctors_turns_and_the_sentences_that_name_a_diagnosis():
+    from icd10_coder.retrieval import query_text, sentences
+
+    dialogue = ("Doctor: How are you? I see you had a cold.\nPatient: My chest is tight.\n"
+                "Doctor: Your symptoms are consistent with asthma. We'll start an inhaler.")
+    assert query_text(dialogue, "doctor").splitlines() == [dialogue.splitlines()[0], dialogue.splitlines()[2]]
+    assert query_text(dialogue, "cues") == "Doctor: Your symptoms are consistent with asthma."
+    assert query_text("Patient: hello there", "cues") == "Patient: hello there"  # no cue: the whole dialogue
+    assert "My chest is tight." in sentences(dialogue)  # speaker tags gone
+    with pytest.raises(ValueError, match="unknown query part"):
+        Retriever.fit(RetrievalSettings(neighbours=0, query_parts=("whole", "nurse")))
+
+
+def test_dense_retrieval_finds_a_diagnosis_described_in_other_words_than_the_code_text():
+    # No word of "Type 2 diabetes mellitus without complications" except "sugar"-free paraphrase: dense only.
+    dialogue = ("Doctor: Your blood sugar tests came back high again.\n"
+                "Doctor: This means your body no longer handles glucose well: adult-onset sugar disease.")
+    dense = Retriever.fit(RetrievalSettings(neighbours=0, views=(), query_parts=("whole",), dense_weight=1.0))
+    found = [code for code, _ in dense.shortlist([dialogue], 20)[0]]
+    assert any(code.startswith(("E11", "R73", "E13")) for code in found[:10]), found
+
+
+def test_the_default_retriever_is_the_variant_the_study_chose_on_dev():
+    """RetrievalSettings() (codes only) equals the variant named in docs/generated/retrieval-study.md."""
+    from dataclasses import replace
+
+    from icd10_coder.retrieval_study import VARIANTS
+
+    table = (REPO / "docs" / "generated" / "retrieval-study.md").read_text()
+    chosen = table.split("Chosen on dev: **", 1)[1].split("**", 1)[0]
+    assert VARIANTS[chosen] == replace(RetrievalSettings(), neighbours=0)
+
+
+def test_settings_travel_as_records_and_old_records_keep_the_retriever_they_were_made_with(tmp_path):
+    from icd10_coder.predictor import Shortlister
+
+    assert RetrievalSettings.from_record(RetrievalSettings().as_record()) == RetrievalSettings()
+    old = {"views": ["description", "full"], "neighbours": 0, "neighbour_weight": 1.0, "ngram_max": 3}  # before dense
+    settings = RetrievalSettings.from_record(old)
+    assert settings.dense_weight == 0.0 and settings.query_parts == ("whole",)
+    with pytest.raises(ValueError, match="unknown settings"):
+        RetrievalSettings.from_record({**old, "rerank": True})
+    shortlister = Shortlister(5, None, tmp_path, old)  # what predict and the app build for such an adapter
+    dialogue = "Doctor: This is pain in the left knee."
+    assert shortlister.settings == settings
+    assert shortlister([dialogue]) == Retriever.fit(settings).shortlist([clean_dialogue(dialogue)], 5)

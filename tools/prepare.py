@@ -380,7 +380,7 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
             example.candidates = tuple(code for code, _ in ranked)
             example.candidate_scores = tuple(score for _, score in ranked)
         recall[name] = round(sum(e.code in e.candidates for e in examples) / len(examples), 4)
-    return {"k": k, "recall_at_k": recall, "retriever": {**settings.__dict__, "views": list(settings.views)},
+    return {"k": k, "recall_at_k": recall, "retriever": settings.as_record(),
             "gold_not_in_shortlist": "kept; the training answer stays the gold code (the list is a hint)"}
 
 

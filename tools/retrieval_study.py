@@ -13,13 +13,14 @@ is what ``RetrievalSettings()`` defaults to (a test keeps the two in step).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import click
 
 from icd10_coder.offline import apply_offline_env
-from icd10_coder.paths import display_path, private_folder
+from icd10_coder.paths import EMBEDDED_MODEL, display_path, private_folder
 from icd10_coder.realdata import REAL_FILES, category_folds, load_real_rows
 
 
@@ -28,14 +29,27 @@ from icd10_coder.realdata import REAL_FILES, category_folds, load_real_rows
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the category folds.")
 @click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/retrieval-study"),
               show_default=True, help="Where the full figures (JSON) go.")
+@click.option("--rewrite-rows", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Dev rows for the query-rewriting variant (the SLM names the diagnosis, ~2-3 s per dialogue); "
+                   "0 skips it.")
+@click.option("--cost-rows", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Dev dialogues on which the choice step's cost is timed with 10 and with 20 candidates; 0 skips.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
               help="Write the table to docs/generated/ and GUIDE.md (off for trials).")
-def main(folds: int, seed: int, workspace: Path, docs: bool) -> None:
+def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: int, docs: bool) -> None:
     """Score every retriever variant on the dev rows of the real category folds; name the best."""
     apply_offline_env(hub_offline=True)
     from icd10_coder.generated import write_generated
+    from icd10_coder.realdata import subsample
     from icd10_coder.retrieval import RetrievalSettings
-    from icd10_coder.retrieval_study import VARIANTS, best_variant, dev_recall, markdown_table
+    from icd10_coder.retrieval_study import (
+        VARIANTS,
+        best_variant,
+        choice_cost,
+        dev_recall,
+        markdown_table,
+        rewrite_recall,
+    )
 
     rows = load_real_rows()
     split = category_folds(rows, folds=folds, seed=seed)
@@ -49,11 +63,21 @@ def main(folds: int, seed: int, workspace: Path, docs: bool) -> None:
 
     results = dev_recall(split, progress=show)
     chosen = best_variant(results)
-    current = next((name for name, s in VARIANTS.items() if s == RetrievalSettings(neighbours=0)), None)
+    current = next((name for name, s in VARIANTS.items() if s == replace(RetrievalSettings(), neighbours=0)), None)
+    unique_dev = list({row.row_id: row for fold in split for row in fold.dev}.values())
+    rewrite = None
+    if rewrite_rows:
+        rewrite = rewrite_recall(subsample(unique_dev, rewrite_rows, seed=f"{seed}-rewrite"),
+                                 VARIANTS[chosen], EMBEDDED_MODEL)
+        click.echo(f"query rewriting on {rewrite['rows']} dev rows: recall@10 {rewrite['base']['code'][10]:.3f} -> "
+                   f"{rewrite['fused']['code'][10]:.3f} ({rewrite['slm_seconds_per_dialogue']:.1f} s/dialogue)")
+    cost = choice_cost(subsample(unique_dev, cost_rows, seed=f"{seed}-cost"), VARIANTS[chosen], EMBEDDED_MODEL) \
+        if cost_rows else None
     private_folder(workspace)
     record = {"rows": len(rows), "files": [display_path(p) for p in REAL_FILES], "folds": folds, "seed": seed,
               "dev_rows": n_dev, "chosen": chosen, "chosen_settings": results[chosen]["settings"],
-              "default_now": current, "variants": results, "date": date.today().isoformat()}
+              "default_now": current, "variants": results, "query_rewriting": rewrite, "choice_cost": cost,
+              "date": date.today().isoformat()}
     (workspace / "retrieval-study.json").write_text(json.dumps(record, indent=2) + "\n")
     click.secho(f"best on dev (recall@10): {chosen}; RetrievalSettings() is now: {current}", bold=True)
     if docs:
@@ -61,9 +85,28 @@ def main(folds: int, seed: int, workspace: Path, docs: bool) -> None:
                 f"no test row), code texts only (`neighbours=0`); `python tools/retrieval_study.py`, "
                 f"{record['date']}. Seconds per dialogue on 2 CPU cores, index built once.\n\n"
                 + markdown_table(results, chosen)
-                + f"\n\nChosen on dev: **{chosen}** — settings `{json.dumps(results[chosen]['settings'])}`.\n")
+                + f"\n\nChosen on dev: **{chosen}** — settings `{json.dumps(results[chosen]['settings'])}`.\n"
+                + _extras(rewrite, cost, chosen))
         path = write_generated("retrieval-study", text)
         click.echo(f"wrote {display_path(path)}")
+
+
+def _extras(rewrite: dict | None, cost: dict | None, chosen: str) -> str:
+    """The query-rewriting and K=20 lines under the table."""
+    lines = []
+    if rewrite:
+        base, fused, alone = (rewrite[key]["code"] for key in ("base", "fused", "phrase_alone"))
+        lines.append(f"\nQuery rewriting (the embedded SLM names the diagnosis in a few words, "
+                     f"`prompts/diagnosis_phrase.j2`; the phrase is ranked by TF-IDF + dense and fused with "
+                     f"{chosen}), on {rewrite['rows']} of the dev rows: recall@1/10/50 "
+                     f"{base[1]:.3f}/{base[10]:.3f}/{base[50]:.3f} without, {fused[1]:.3f}/{fused[10]:.3f}/"
+                     f"{fused[50]:.3f} with; the phrase alone {alone[1]:.3f}/{alone[10]:.3f}/{alone[50]:.3f}; "
+                     f"{rewrite['slm_seconds_per_dialogue']:.1f} s per dialogue for the phrase.")
+    if cost:
+        lines.append(f"\nChoice step with K = 20 instead of 10 (one prompt pass per dialogue, embedded SLM, "
+                     f"{cost['rows']} dev dialogues, median): {cost['seconds_k10']:.2f} s -> "
+                     f"{cost['seconds_k20']:.2f} s per dialogue; recall@10 -> @20 in the table above.")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 if __name__ == "__main__":

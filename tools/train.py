@@ -61,7 +61,7 @@ def record_prompt_variant(config: dict) -> dict | None:
     """Write ``icd10_prompt.json`` into the adapter folder: which prompts it was trained on.
 
     tools/predict.py reads it to prompt the adapter the same way (with the retrieval shortlist
-    or without) and refuses a mismatch.
+    or without, built by the same retriever settings) and refuses a mismatch.
     """
     datasets = config.get("datasets") or []
     if not datasets or not config.get("output_dir"):
@@ -71,6 +71,8 @@ def record_prompt_variant(config: dict) -> dict | None:
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     shortlist = card.get("shortlist") or {}
     record = {"prompt_variant": "shortlist" if shortlist else "plain", "shortlist_k": shortlist.get("k"),
+              # The retriever that built the training shortlists: predict and the app build the same ones.
+              "retriever": shortlist.get("retriever"),
               "prepared_data": display_path(prepared),
               "data_card_sha256": hashlib.sha256(card_file.read_bytes()).hexdigest() if card_file.is_file() else None}
     adapter = REPO_ROOT / config["output_dir"]

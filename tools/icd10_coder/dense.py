@@ -88,3 +88,16 @@ def cached_encode(texts: list[str], cache_dir: Path, label: str) -> Any:
     np.save(partial, vectors.astype(np.float16))
     partial.replace(path)
     return vectors.astype(np.float16)
+
+
+def prepare_code_index() -> Path:
+    """Unpack the encoder and encode every billable code's description once (``make setup``)."""
+    from icd10_coder.codes import billable_codes, description
+
+    folder = ensure_encoder()
+    cached_encode([description(c) or "" for c in billable_codes()], folder, "codes-description")
+    return folder
+
+
+if __name__ == "__main__":
+    print(f"dense retriever ready: {prepare_code_index()}")

@@ -103,12 +103,14 @@ def prompt_messages(dialogue: str, candidates: list[str] | None = None) -> list[
 class Shortlister:
     """The retrieval shortlist an adapter was trained with, for the same prompts at prediction time."""
 
-    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path):
+    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path, settings: dict[str, Any] | None = None):
+        """``settings``: the retriever record the adapter was trained with (``icd10_prompt.json``); None: defaults."""
         from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 
+        self.settings = RetrievalSettings.from_record(settings)
         pairs = read_training_pairs(train_jsonl) if train_jsonl and train_jsonl.is_file() else None
         self.k = k
-        self.retriever = load_or_fit(cache_dir, RetrievalSettings(), pairs)
+        self.retriever = load_or_fit(cache_dir, self.settings, pairs if self.settings.neighbours else None)
 
     def __call__(self, dialogues: list[str]) -> list[list[tuple[str, float]]]:
         from icd10_coder.dialogue import clean_dialogue
@@ -282,7 +284,7 @@ def load_suggester(base_model: str, adapter: str | None, *, constrain: bool = Tr
         prepared = REPO_ROOT / record["prepared_data"] if record.get("prepared_data") else None
         shortlister = Shortlister(shortlist_k or record.get("shortlist_k") or 10,
                                   prepared / "train.jsonl" if prepared else None,
-                                  (workspace or Workspace.at()).retrieval_cache)
+                                  (workspace or Workspace.at()).retrieval_cache, record.get("retriever"))
     if engine == "vllm":
         predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
     else:

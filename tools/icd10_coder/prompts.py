@@ -57,6 +57,11 @@ def render_answer(code: str, description: str) -> str:
     return _render("answer.j2", code=code, description=description)
 
 
+def render_diagnosis_question(dialogue: str) -> str:
+    """The question that asks a model to name the diagnosis in words (retrieval by query rewriting)."""
+    return _render("diagnosis_phrase.j2", dialogue=dialogue)
+
+
 def chat_messages(dialogue: str, answer: str | None = None,
                   candidates: list[str] | None = None) -> list[dict[str, str]]:
     """System + user (+ assistant) messages in the OpenAI / Hugging Face chat format."""

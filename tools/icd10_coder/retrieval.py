@@ -1,16 +1,19 @@
 """Shortlist retrieval: the ICD-10-CM codes whose wording best matches a dialogue (no model).
 
-scikit-learn TF-IDF retrievers (word 1-3-grams, cosine similarity), fused by reciprocal rank:
+Rankings fused by reciprocal rank, each one signal:
 
-- **description**: every billable code's official description;
-- **full**: the description plus the inclusion terms ``simple-icd-10-cm`` holds for the code
-  and its ancestors, and the ancestors' descriptions (more words to match, more noise:
-  better at rank 1, slightly worse at rank 10 on its own; fused with the above, best);
+- **TF-IDF** (scikit-learn, word 1-3-grams, cosine) of each code text view against the dialogue and,
+  with ``query_parts``, against parts of it (the doctor's turns; the sentences with diagnostic cue
+  words, where MedSynth's doctors name the diagnosis). Views: **description** (the official text)
+  and **full** (plus inclusion terms and the ancestors' descriptions);
+- **dense** (``dense_weight``): all-MiniLM-L6-v2 embeddings of each code's description against the
+  dialogue's sentences, the best sentence counting (:mod:`icd10_coder.dense`; offline, CPU);
+- **categories first** (``category_weight``): a code found above also earns its category's rank;
 - **neighbours** (when training dialogues are given): the codes of the nearest training
   dialogues, which helps when a code has several training rows, as in MedSynth (~5 per code).
 
-Measured on the 121 real MedSynth rows of the shared sample (GUIDE.md section 6, make bench):
-recall@1 0.26 -> 0.42 and recall@10 0.63 -> 0.64 against TF-IDF over descriptions alone.
+The defaults are the variant with the best recall@10 on the dev rows of the real category folds
+(``tools/retrieval_study.py``; the table is in GUIDE.md, a test keeps the defaults in step with it).
 
 Deterministic (no randomness; ties broken by code). A fitted index is cached under
 ``<workspace>/retrieval-cache/`` keyed by a hash of everything it was built from, so it
@@ -23,7 +26,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -62,14 +65,39 @@ class RetrievalSettings:
     # Parts of the dialogue matched against the code texts, each its own ranking: "whole", the
     # "doctor"'s turns, the sentences with diagnostic "cues" (CUE_PATTERN); parts other than the
     # whole dialogue weigh ``part_weight`` in the fusion.
-    query_parts: tuple[str, ...] = ("whole",)
+    query_parts: tuple[str, ...] = ("whole", "cues")
     part_weight: float = 1.0
     # Dense ranking (icd10_coder.dense): each code's description against the dialogue's sentences
     # (best sentence counts); 0 = off.
-    dense_weight: float = 0.0
+    dense_weight: float = 2.0
     # Hierarchical: a code also earns its category's rank among category texts (the category's own
     # description and all its codes'); 0 = off.
     category_weight: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> RetrievalSettings:
+        """The settings a data card or an adapter's prompt record wrote (``None``: today's defaults).
+
+        A record written before a knob existed was made without it: such a knob takes the value that
+        meant "off" (whole dialogue only, no dense, no categories), never today's default.
+        """
+        if record is None:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = set(record) - known
+        if unknown:
+            raise ValueError(f"retriever record has unknown settings {sorted(unknown)}: written by a newer version?")
+        values = {**LEGACY_SETTINGS, **record}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready settings (tuples as lists), what data cards and prompt records hold."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# What a knob was before it existed (see RetrievalSettings.from_record).
+LEGACY_SETTINGS: dict[str, Any] = {"query_parts": ("whole",), "part_weight": 1.0, "dense_weight": 0.0,
+                                   "category_weight": 0.0}
 
 
 def code_text(code: str, view: str) -> str:

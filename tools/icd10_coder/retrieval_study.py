@@ -10,31 +10,32 @@ variant with the best pooled dev recall@10 (``tools/retrieval_study.py`` writes 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from icd10_coder.realdata import Fold, RealRow
-from icd10_coder.retrieval import RetrievalSettings, Retriever, recall_at
+from icd10_coder.retrieval import VIEWS, RetrievalSettings, Retriever, recall_at
 
 KS = (1, 5, 10, 20, 50)
-# Name -> settings; the first is the retriever before this study (TF-IDF over two code views).
+# Name -> settings, each spelled out from the TF-IDF retriever that came before this study (two code views,
+# the whole dialogue as the query), so a change of RetrievalSettings' defaults never changes a variant.
+PREVIOUS = RetrievalSettings(views=VIEWS, neighbours=0, query_parts=("whole",), part_weight=1.0, dense_weight=0.0,
+                             category_weight=0.0)
 VARIANTS: dict[str, RetrievalSettings] = {
-    "tfidf (previous default)": RetrievalSettings(neighbours=0),
-    "tfidf, description view only": RetrievalSettings(neighbours=0, views=("description",)),
-    "tfidf + doctor's turns": RetrievalSettings(neighbours=0, query_parts=("whole", "doctor")),
-    "tfidf + cue sentences": RetrievalSettings(neighbours=0, query_parts=("whole", "cues")),
-    "tfidf + cue sentences x2": RetrievalSettings(neighbours=0, query_parts=("whole", "cues"), part_weight=2.0),
-    "tfidf on cue sentences only": RetrievalSettings(neighbours=0, query_parts=("cues",)),
-    "tfidf + categories first (hierarchical)": RetrievalSettings(neighbours=0, category_weight=1.0),
-    "dense (MiniLM) alone": RetrievalSettings(neighbours=0, views=(), dense_weight=1.0),
-    "tfidf + dense": RetrievalSettings(neighbours=0, dense_weight=1.0),
-    "tfidf + dense x2": RetrievalSettings(neighbours=0, dense_weight=2.0),
-    "tfidf + cue sentences + dense": RetrievalSettings(neighbours=0, query_parts=("whole", "cues"),
-                                                       dense_weight=1.0),
-    "tfidf + cue sentences + dense x2": RetrievalSettings(neighbours=0, query_parts=("whole", "cues"),
-                                                          dense_weight=2.0),
-    "tfidf + cue sentences + dense + categories": RetrievalSettings(
-        neighbours=0, query_parts=("whole", "cues"), dense_weight=1.0, category_weight=1.0),
+    "tfidf (previous default)": PREVIOUS,
+    "tfidf, description view only": replace(PREVIOUS, views=("description",)),
+    "tfidf + doctor's turns": replace(PREVIOUS, query_parts=("whole", "doctor")),
+    "tfidf + cue sentences": replace(PREVIOUS, query_parts=("whole", "cues")),
+    "tfidf + cue sentences x2": replace(PREVIOUS, query_parts=("whole", "cues"), part_weight=2.0),
+    "tfidf on cue sentences only": replace(PREVIOUS, query_parts=("cues",)),
+    "tfidf + categories first (hierarchical)": replace(PREVIOUS, category_weight=1.0),
+    "dense (MiniLM) alone": replace(PREVIOUS, views=(), dense_weight=1.0),
+    "tfidf + dense": replace(PREVIOUS, dense_weight=1.0),
+    "tfidf + dense x2": replace(PREVIOUS, dense_weight=2.0),
+    "tfidf + cue sentences + dense": replace(PREVIOUS, query_parts=("whole", "cues"), dense_weight=1.0),
+    "tfidf + cue sentences + dense x2": replace(PREVIOUS, query_parts=("whole", "cues"), dense_weight=2.0),
+    "tfidf + cue sentences + dense + categories": replace(PREVIOUS, query_parts=("whole", "cues"),
+                                                          dense_weight=1.0, category_weight=1.0),
 }
 
 
@@ -72,7 +73,7 @@ def dev_recall(folds: list[Fold], variants: dict[str, RetrievalSettings] = VARIA
         pooled = recall_at([ranked[r.row_id] for r in pooled_rows], [r.code for r in pooled_rows], KS)
         by_fold = {fold.index: recall_at([ranked[r.row_id] for r in fold.dev], [r.code for r in fold.dev], KS)
                    for fold in folds}
-        results[name] = {"settings": _plain(settings), "pooled": pooled, "by_fold": by_fold,
+        results[name] = {"settings": settings.as_record(), "pooled": pooled, "by_fold": by_fold,
                          "seconds_per_dialogue": round(per_dialogue, 4), "index_build_s": round(build_s, 1)}
         if progress:
             progress(name, results[name])
@@ -90,10 +91,6 @@ def best_variant(results: dict[str, Any], k: int = 10, fold: int | None = None) 
     return max(enumerate(results), key=key)[1]
 
 
-def _plain(settings: RetrievalSettings) -> dict[str, Any]:
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(settings).items()}
-
-
 def markdown_table(results: dict[str, Any], chosen: str) -> str:
     """The pooled dev recall table: one row per variant, the chosen default in bold."""
     header = ("| variant | recall@1 | @5 | @10 | @20 | @50 | category@10 | s / dialogue |\n"
@@ -105,3 +102,73 @@ def markdown_table(results: dict[str, Any], chosen: str) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{code[k]:.3f}" for k in KS)
                      + f" | {category[10]:.3f} | {result['seconds_per_dialogue']:.2f} |")
     return "\n".join(lines)
+
+
+def diagnosis_phrases(dialogues: list[str], model_dir: Any, max_new_tokens: int = 16) -> tuple[list[str], float]:
+    """The SLM's few-word diagnosis for each dialogue (greedy; ``prompts/diagnosis_phrase.j2``), and the
+    seconds it took per dialogue."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icd10_coder.prompts import render_diagnosis_question
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    phrases = []
+    started = time.perf_counter()
+    for dialogue in tqdm(dialogues, desc="SLM diagnosis phrase", unit="dialogue"):
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": render_diagnosis_question(dialogue)}],
+                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
+        phrase = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        phrases.append(phrase.strip().split("\n")[0])
+    return phrases, (time.perf_counter() - started) / max(1, len(dialogues))
+
+
+def rewrite_recall(rows: list[RealRow], base: RetrievalSettings, model_dir: Any,
+                   weight: float = 1.0) -> dict[str, Any]:
+    """Recall of ``base`` alone and fused (reciprocal rank, ``weight``) with a ranking of the SLM's diagnosis
+    phrase (TF-IDF + dense over the code texts), on the same rows."""
+    from collections import defaultdict
+
+    from icd10_coder.retrieval import RRF_K
+
+    phrases, seconds = diagnosis_phrases([r.dialogue for r in rows], model_dir)
+    alone = rankings(Retriever.fit(base), rows, k=100)
+    phrase_retriever = Retriever.fit(replace(PREVIOUS, dense_weight=1.0))
+    by_phrase = phrase_retriever.shortlist([p or r.dialogue for p, r in zip(phrases, rows, strict=True)], 100)
+    fused = []
+    for row, phrase_ranked in zip(rows, by_phrase, strict=True):
+        score: dict[str, float] = defaultdict(float)
+        for rank, code in enumerate(alone[row.row_id]):
+            score[code] += 1 / (RRF_K + rank + 1)
+        for rank, (code, _) in enumerate(phrase_ranked):
+            score[code] += weight / (RRF_K + rank + 1)
+        fused.append([c for c, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))][:max(KS)])
+    gold = [r.code for r in rows]
+    return {"rows": len(rows), "slm_seconds_per_dialogue": round(seconds, 2),
+            "examples": [{"gold": r.code, "phrase": p} for r, p in list(zip(rows, phrases, strict=True))[:8]],
+            "base": recall_at([alone[r.row_id] for r in rows], gold, KS),
+            "phrase_alone": recall_at([[c for c, _ in found] for found in by_phrase], gold, KS),
+            "fused": recall_at(fused, gold, KS)}
+
+
+def choice_cost(rows: list[RealRow], settings: RetrievalSettings, model_dir: Any) -> dict[str, Any]:
+    """Median seconds of the choice step (one prompt pass, all candidates scored) with K = 10 and K = 20."""
+    import statistics
+
+    from icd10_coder.predictor import Predictor
+
+    predictor = Predictor(model_dir, None, constrain=False, device="cpu")
+    lists = Retriever.fit(settings).shortlist([r.dialogue for r in rows], 20)
+    seconds: dict[int, list[float]] = {10: [], 20: []}
+    for row, found in zip(rows, lists, strict=True):
+        for k in (10, 20):
+            started = time.perf_counter()
+            predictor.candidate_loglikelihoods(row.dialogue, [code for code, _ in found[:k]])
+            seconds[k].append(time.perf_counter() - started)
+    return {"rows": len(rows), "seconds_k10": round(statistics.median(seconds[10]), 2),
+            "seconds_k20": round(statistics.median(seconds[20]), 2)}

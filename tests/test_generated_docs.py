@@ -1,0 +1,33 @@
+"""README and GUIDE figures come from generated files: a block that differs from its file fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from icd10_coder.generated import GENERATED_DIR, blocks, sync_docs, write_generated
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_generated_block_in_readme_and_guide_is_its_file_verbatim():
+    found = {}
+    for doc in ("README.md", "GUIDE.md"):
+        for name, content in blocks((REPO / doc).read_text(encoding="utf-8")).items():
+            source = GENERATED_DIR / f"{name}.md"
+            assert source.is_file(), f"{doc} shows generated:{name}, but {source} does not exist"
+            assert content == source.read_text(encoding="utf-8"), f"{doc}: block {name} differs from {source.name}"
+            found[(doc, name)] = True
+    assert ("README.md", "experiment-real") in found  # the README's result table is the experiment's file
+    assert ("GUIDE.md", "retrieval-study") in found
+
+
+def test_write_generated_replaces_only_its_own_block(tmp_path):
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- generated:a -->\nold\n<!-- /generated:a -->\nmiddle\n"
+                   "<!-- generated:b -->\nkeep\n<!-- /generated:b -->\n")
+    write_generated("a", "| new | table |", folder=tmp_path / "gen", docs=(doc,))
+    text = doc.read_text()
+    assert "| new | table |\n<!-- /generated:a -->" in text and "old" not in text and "\nkeep\n" in text
+    (tmp_path / "gen" / "a.md").write_text("edited\n")
+    sync_docs(tmp_path / "gen", (doc,))
+    assert blocks(doc.read_text()) == {"a": "edited\n", "b": "keep\n"}
