@@ -35,7 +35,7 @@ from icd10_coder.retrieval_study import VARIANTS
 from icd10_coder.stages import run
 from icd10_coder.workspace import Workspace
 
-QUICK = {"train_rows": 8, "dev_rows": 12, "test_rows": 20, "sibling_rows": 8}
+QUICK = {"train_rows": 6, "dev_rows": 10, "test_rows": 15, "sibling_rows": 5}
 DEFAULTS = Settings()
 
 

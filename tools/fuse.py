@@ -27,10 +27,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder import choice  # noqa: E402
-from icd10_coder.paths import display_path, make_private  # noqa: E402
+from icd10_coder.paths import display_path, make_private, newest  # noqa: E402
 from icd10_coder.scoring import METRICS, score_codes  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
-from report import newest  # noqa: E402  (the report's lookup of lm-eval's newest output file)
 
 CHOICE_TASK = "icd10_medsynth_choice"
 TEST_TASKS = (CHOICE_TASK, "icd10_medsynth_choice_unseen")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.choice import predicted_codes  # noqa: E402
 from icd10_coder.codes import chapter_title  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import display_path  # noqa: E402
+from icd10_coder.paths import display_path, newest  # noqa: E402
 from icd10_coder.scoring import LOWER_IS_BETTER, METRICS  # noqa: E402
 from icd10_coder.stats import holm, mcnemar, wilson  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
@@ -100,11 +100,6 @@ class Approach:
 
 def item_key(sample: dict[str, Any]) -> str:
     return str(sample["doc"].get("id", sample.get("doc_hash")))
-
-
-def newest(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.rglob(pattern), key=lambda p: p.name)
-    return found[-1] if found else None
 
 
 def missing_reason(folder: Path | None) -> str | None:

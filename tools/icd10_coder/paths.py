@@ -51,3 +51,9 @@ def private_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     return folder
+
+
+def newest(folder: Path, pattern: str) -> Path | None:
+    """The newest file under ``folder`` matching ``pattern``: lm-eval names its outputs by timestamp."""
+    found = sorted(folder.rglob(pattern), key=lambda p: p.name)
+    return found[-1] if found else None
