@@ -135,7 +135,7 @@ bench: setup ## CPU benchmarks (retrieval, cost per approach, app calibration) -
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
 EXPERIMENT_ARGS ?=
-experiment-real: setup ## Real-data experiment: 805 real rows, 3 category folds (~75 min on 2 CPU cores; EXPERIMENT_ARGS=--quick ~20)
+experiment-real: setup ## Real-data experiment: 805 real rows, 3 category folds (~80 min on 2 CPU cores; EXPERIMENT_ARGS=--quick ~20)
 	$(HUB_OFFLINE) $(PY) tools/experiment_real.py $(EXPERIMENT_ARGS)
 
 retrieval-study: setup ## Recall of every retriever variant on the dev rows of the real category folds (~3 min)

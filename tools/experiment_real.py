@@ -1,6 +1,6 @@
 """The real-data experiment (``make experiment-real``): do the models beat the lookup on real dialogues?
 
-    python tools/experiment_real.py            # 805 real rows, 3 category folds, ~75 min on 2 CPU cores
+    python tools/experiment_real.py            # 805 real rows, 3 category folds, ~80 min on 2 CPU cores
     python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
     python tools/experiment_real.py --train-rows 2 --dev-rows 3 --test-rows 3 --sibling-rows 2 --max-steps 1 \\
         --retriever-variant "tfidf (previous default)" --no-docs    # the tests' slice
@@ -35,7 +35,7 @@ from icd10_coder.retrieval_study import VARIANTS
 from icd10_coder.stages import run
 from icd10_coder.workspace import Workspace
 
-QUICK = {"train_rows": 6, "dev_rows": 10, "test_rows": 15, "sibling_rows": 5}
+QUICK = {"train_rows": 6, "dev_rows": 8, "test_rows": 12, "sibling_rows": 4}
 DEFAULTS = Settings()
 
 

@@ -53,7 +53,7 @@ def encode(texts: list[str], batch_size: int = 128, progress: str | None = None)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None or None):
+    for start in tqdm(starts, desc=progress, unit="batch", disable=None if progress else True):
         index = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=MAX_TOKENS,
                           return_tensors="pt")

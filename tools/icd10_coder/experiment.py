@@ -305,7 +305,7 @@ def run_experiment(space: Any, rows: list[RealRow], settings: Settings, train: R
                    load_predictor: Callable[[Path | None], Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole protocol (module docstring); returns the results also written to ``space.report_dir``."""
     from icd10_coder.realdata import category_folds
-    from icd10_coder.retrieval_study import VARIANTS, best_variant, dev_recall
+    from icd10_coder.retrieval_study import KS, VARIANTS, best_variant, dev_recall
 
     journal = Journal(space.root / "journal.jsonl")
     folds = category_folds(rows, folds=settings.folds, dev_share=settings.dev_share, seed=settings.seed)
@@ -319,13 +319,15 @@ def run_experiment(space: Any, rows: list[RealRow], settings: Settings, train: R
     choices: dict[int, dict[str, Any]] = {}
     retrievers: dict[int, Retriever] = {}
     dev: dict[int, list[Shortlisted]] = {}
+    recall_k = next((k for k in KS if k >= settings.shortlist_k), KS[-1])  # the study's nearest depth >= K
     for fold in folds:
-        name = best_variant(study, k=min(settings.shortlist_k, 50), fold=fold.index)
+        name = best_variant(study, k=recall_k, fold=fold.index)
         retrievers[fold.index] = Retriever.fit(variants[name])
         choices[fold.index] = {"retriever": {"value": name, "split": "dev", "rows": len(dev_rows[fold.index]),
                                              "settings": study[name]["settings"],
-                                             "dev_recall_at_k": {n: r["by_fold"][fold.index]["code"][
-                                                 min(settings.shortlist_k, 50)] for n, r in study.items()}},
+                                             "dev_recall_at": recall_k,
+                                             "dev_recall": {n: r["by_fold"][fold.index]["code"][recall_k]
+                                                            for n, r in study.items()}},
                                "fixed_in_advance": {"shortlist_k": settings.shortlist_k, "epochs": settings.epochs,
                                                     "recipe": settings.recipe,
                                                     "why": "not tuned: one training per fold fits the CPU budget"}}

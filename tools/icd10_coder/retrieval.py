@@ -146,7 +146,7 @@ def sentences(dialogue: str) -> list[str]:
     return found or [dialogue]
 
 
-# Dense scores of recent dialogues (a study ranks the same rows with many settings): ~300 KB each.
+# Sentence embeddings of recent dialogues (a study ranks the same rows with many settings): ~60 KB each.
 DENSE_MEMO_SIZE = 1024
 _DENSE_MEMO: dict[str, Any] = {}
 
@@ -270,9 +270,9 @@ class Retriever:
         for dialogue, group in zip(todo, split, strict=True):
             if len(_DENSE_MEMO) >= DENSE_MEMO_SIZE:
                 _DENSE_MEMO.pop(next(iter(_DENSE_MEMO)))
-            _DENSE_MEMO[dialogue] = (vectors[start:start + len(group)] @ codes.T).max(axis=0)
+            _DENSE_MEMO[dialogue] = vectors[start:start + len(group)]
             start += len(group)
-        return np.stack([_DENSE_MEMO[d] for d in dialogues])
+        return np.stack([(_DENSE_MEMO[d] @ codes.T).max(axis=0) for d in dialogues])
 
     def _neighbour_ranking(self, similarities, exclude_self: list[int | None] | None, i: int) -> list[str]:
         """Codes of the nearest training dialogues, ranked by summed similarity."""
