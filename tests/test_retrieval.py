@@ -197,3 +197,20 @@ def test_settings_travel_as_records_and_old_records_keep_the_retriever_they_were
     dialogue = "Doctor: This is pain in the left knee."
     assert shortlister.settings == settings
     assert shortlister([dialogue]) == Retriever.fit(settings).shortlist([clean_dialogue(dialogue)], 5)
+
+
+def test_the_study_scores_variants_on_dev_rows_only_and_names_the_best():
+    from icd10_coder.realdata import Fold, RealRow
+    from icd10_coder.retrieval_study import VARIANTS, best_variant, dev_recall, markdown_table
+
+    knee = RealRow("dev-1", "Doctor: This is pain in the left knee, consistent with pain in left knee.", "M25.562")
+    test = RealRow("test-1", "Doctor: You have asthma.", "J45.909")  # a test row: must never be ranked
+    folds = [Fold(0, (), (knee,), (), (test,)), Fold(1, (), (), (), ())]
+    chosen = {name: VARIANTS[name] for name in ("tfidf (previous default)", "tfidf on cue sentences only")}
+    results = dev_recall(folds, chosen)
+    for result in results.values():
+        assert result["pooled"]["n"] == 1 and result["by_fold"][0]["n"] == 1  # the dev row, not the test row
+        assert result["pooled"]["code"][1] == 1.0
+    assert best_variant(results) == "tfidf (previous default)"  # a tie goes to the earlier, simpler variant
+    table = markdown_table(results, "tfidf (previous default)")
+    assert "**tfidf (previous default)** (default)" in table and table.count("\n") == 3

@@ -83,7 +83,8 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
     if docs:
         text = (f"Dev rows of {folds} category folds of the {len(rows)} real rows ({n_dev} dev rows pooled; "
                 f"no test row), code texts only (`neighbours=0`); `python tools/retrieval_study.py`, "
-                f"{record['date']}. Seconds per dialogue on 2 CPU cores, index built once.\n\n"
+                f"{record['date']}. Recall of the gold code (of its 3-character category in brackets); seconds per "
+                f"dialogue on 2 CPU cores, each variant encoding its own dialogues, index built once.\n\n"
                 + markdown_table(results, chosen)
                 + f"\n\nChosen on dev: **{chosen}** — settings `{json.dumps(results[chosen]['settings'])}`.\n"
                 + _extras(rewrite, cost, chosen))

@@ -72,7 +72,7 @@ def dev_recall(folds: list[Fold], variants: dict[str, RetrievalSettings] = VARIA
         pooled_rows = [row for fold in folds for row in fold.dev]
         pooled = recall_at([ranked[r.row_id] for r in pooled_rows], [r.code for r in pooled_rows], KS)
         by_fold = {fold.index: recall_at([ranked[r.row_id] for r in fold.dev], [r.code for r in fold.dev], KS)
-                   for fold in folds}
+                   for fold in folds if fold.dev}
         results[name] = {"settings": settings.as_record(), "pooled": pooled, "by_fold": by_fold,
                          "seconds_per_dialogue": round(per_dialogue, 4), "index_build_s": round(build_s, 1)}
         if progress:
@@ -92,15 +92,15 @@ def best_variant(results: dict[str, Any], k: int = 10, fold: int | None = None) 
 
 
 def markdown_table(results: dict[str, Any], chosen: str) -> str:
-    """The pooled dev recall table: one row per variant, the chosen default in bold."""
-    header = ("| variant | recall@1 | @5 | @10 | @20 | @50 | category@10 | s / dialogue |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- |")
-    lines = [header]
+    """The pooled dev recall table: code recall (category recall in brackets) per depth, one row per variant,
+    the chosen default in bold."""
+    lines = ["| variant | recall@1 | @5 | @10 | @20 | @50 | s / dialogue |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, result in results.items():
         code, category = result["pooled"]["code"], result["pooled"]["category"]
         label = f"**{name}** (default)" if name == chosen else name
-        lines.append(f"| {label} | " + " | ".join(f"{code[k]:.3f}" for k in KS)
-                     + f" | {category[10]:.3f} | {result['seconds_per_dialogue']:.2f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{code[k]:.3f} ({category[k]:.3f})" for k in KS)
+                     + f" | {result['seconds_per_dialogue']:.2f} |")
     return "\n".join(lines)
 
 
