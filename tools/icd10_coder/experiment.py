@@ -23,13 +23,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icd10_coder import choice
 from icd10_coder.realdata import Fold, RealRow, subsample
 from icd10_coder.retrieval import Retriever
 from icd10_coder.scoring import score_codes
 from icd10_coder.stats import holm, mcnemar, wilson
+
+if TYPE_CHECKING:
+    from icd10_coder.workspace import Workspace
 
 CONDITIONS = {"test": "unseen categories", "sibling": "unseen codes, seen siblings"}
 MODELS = ("baseline", "finetuned")
@@ -276,7 +279,8 @@ Runner = Callable[[str, list[str]], None]
 # ---------------------------------------------------------------- the run
 
 
-def fold_workspace(space: Any, fold: int) -> Any:
+def fold_workspace(space: Workspace, fold: int) -> Workspace:
+    """Each fold trains in its own workspace inside the experiment's (prepared data, adapter, MLflow)."""
     from icd10_coder.workspace import Workspace
 
     return Workspace.at(space.root / f"fold-{fold}")
@@ -301,7 +305,7 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
     (folder / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
-def run_experiment(space: Any, rows: list[RealRow], settings: Settings, train: Runner,
+def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, train: Runner,
                    load_predictor: Callable[[Path | None], Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole protocol (module docstring); returns the results also written to ``space.report_dir``."""
     from icd10_coder.realdata import category_folds
@@ -338,8 +342,7 @@ def run_experiment(space: Any, rows: list[RealRow], settings: Settings, train: R
         write_training_data(data, training, dev[fold.index], k, study[name]["settings"])
         log(f"fold {fold.index}: retriever '{name}', {len(training)} training rows, {len(dev[fold.index])} dev rows")
         started = time.perf_counter()
-        train(f"fold {fold.index}: LoRA on shortlist prompts", ["--workspace", str(fold_workspace(space, fold.index)
-                                                                                .root)])
+        train(f"fold {fold.index}: LoRA on shortlist prompts", ["--workspace", str(data.parent)])
         journal.write("trained", fold=fold.index, seconds=round(time.perf_counter() - started, 1))
     adapters = {f.index: _adapter(space, f.index, settings) for f in folds}
     _score_all(dev, adapters, load_predictor, "dev")
@@ -372,7 +375,7 @@ def run_experiment(space: Any, rows: list[RealRow], settings: Settings, train: R
     return results
 
 
-def _adapter(space: Any, fold: int, settings: Settings) -> Path:
+def _adapter(space: Workspace, fold: int, settings: Settings) -> Path:
     import yaml
 
     from icd10_coder.paths import REPO_ROOT
