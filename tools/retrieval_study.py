@@ -82,7 +82,9 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
     click.secho(f"best on dev (recall@10): {chosen}; RetrievalSettings() is now: {current}", bold=True)
     if docs:
         text = (f"Dev rows of {folds} category folds of the {len(rows)} real rows ({n_dev} dev rows pooled; "
-                f"no test row), code texts only (`neighbours=0`); `python tools/retrieval_study.py`, "
+                f"each a dev row of its own fold, which another fold may test: the experiment picks its retriever "
+                f"per fold on that fold's dev rows alone), code texts only (`neighbours=0`); "
+                f"`python tools/retrieval_study.py`, "
                 f"{record['date']}. Recall of the gold code (of its 3-character category in brackets); seconds per "
                 f"dialogue on 2 CPU cores, each variant encoding its own dialogues, index built once.\n\n"
                 + markdown_table(results, chosen)
