@@ -176,8 +176,7 @@ def pooled_table(outcomes: list[dict[str, Any]], condition: str, folds: int) -> 
                     for f in range(folds) if any(o["fold"] == f for o in rows)]
         low, high = wilson(sum(exact), len(exact)) if exact else (float("nan"), float("nan"))
         table["approaches"][approach] = {
-            "exact": statistics.fmean(exact) if exact else float("nan"), "exact_ci95": [low, high],
-            "exact_fold_mean": statistics.fmean(per_fold) if per_fold else float("nan"),
+            "exact": _mean(exact), "exact_ci95": [low, high], "exact_fold_mean": _mean(per_fold),
             "exact_fold_min": min(per_fold, default=float("nan")),
             "exact_fold_max": max(per_fold, default=float("nan")),
             "category": _mean(o["approaches"][approach]["category_match"] for o in rows),
