@@ -114,7 +114,7 @@ eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results und
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
 
-demo: setup ## The whole comparison offline on embedded defaults, in outputs/demo/ (CPU, ~15 min)
+demo: setup ## The whole comparison offline on the 100 embedded real dialogues, in outputs/demo/ (~11-13 min on 2 CPU cores)
 	$(HUB_OFFLINE) $(PY) tools/demo.py --workspace $(DEMO_WORKSPACE)
 
 # Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.
@@ -146,7 +146,7 @@ gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs
 
 # APP_ARGS: e.g. APP_ARGS="--adapter outputs/adapters/qlora --base-model HuggingFaceTB/SmolLM2-1.7B-Instruct"
 APP_ARGS ?=
-app: setup ## The coder's workbench in the browser on http://127.0.0.1:7860 (make demo's adapter by default)
+app: setup ## The coder's workbench in the browser on http://127.0.0.1:7860 (serves what make demo chose)
 	$(HUB_OFFLINE) $(PY) tools/app.py $(APP_ARGS)
 
 print-env: ## Show the privacy environment every target runs with

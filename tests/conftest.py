@@ -46,11 +46,13 @@ def medsynth_sample() -> Path:
     return MEDSYNTH_SAMPLE
 
 
-def prepare_demo(out: Path, *extra: str) -> Path:
-    """Run `tools/prepare.py --demo` into ``out`` (no token lengths: fast) and return ``out``.
+def prepare_templated(out: Path, *extra: str) -> Path:
+    """Run `tools/prepare.py --templated` into ``out`` (no token lengths: fast) and return ``out``.
 
-    Its workspace (retrieval cache, MLflow) is a throw-away folder beside ``out``."""
-    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--demo", "--tokenizer", "none", "--out", str(out),
+    Templated dialogues state their diagnosis and are short: they test wiring (prompts, files, tasks)
+    in seconds; real dialogues (``--demo``, the shared files) test value. Its workspace (retrieval
+    cache, MLflow) is a throw-away folder beside ``out``."""
+    subprocess.run([sys.executable, str(TOOLS / "prepare.py"), "--templated", "--tokenizer", "none", "--out", str(out),
                     "--workspace", str(out.parent / f"{out.name}-workspace"), *extra],
                    check=True, capture_output=True, env=subprocess_env(hub_offline=True))
     return out

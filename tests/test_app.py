@@ -1,7 +1,9 @@
 """The coder's workbench (tools/app.py): its building blocks, and the page driven in headless Chromium.
 
-The browser test starts the real app (embedded model, no adapter) on a free loopback port with
-its own workspace, then pastes a dialogue, checks the suggestions, evidence and confidence band,
+The browser test starts the real app on a free loopback port with its own workspace, serving the
+embedded model the way ``make demo`` serves an approach (a scoring record: shortlist, choice by
+likelihood, fusion, temperature; the values here are the test's own, not measured ones), then
+pastes a real MedSynth dialogue (the embedded demo data), checks the suggestions, evidence and band,
 accepts / overrides / rejects and reads the audit log, runs a batch, and feeds it bad input;
 the server must keep serving. Screenshots land in outputs/test-app-screens/ (ignored) to look at.
 """
@@ -9,6 +11,7 @@ the server must keep serving. Screenshots land in outputs/test-app-screens/ (ign
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import stat
@@ -22,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from icd10_coder import audit, calibration
+from icd10_coder import audit, calibration, choice, serving
 from icd10_coder.codes import is_billable, search
 from icd10_coder.evidence import evidence, highlighted, sentences
 from icd10_coder.offline import subprocess_env
@@ -32,6 +35,29 @@ DIALOGUE = ("[doctor]: What brings you in today?[patient]: I'm always thirsty an
             "for about a month.[doctor]: Your blood sugar is high. Based on what you describe, this is type 2 "
             "diabetes mellitus without complications.[patient]: Thank you, doctor.")
 SCREENS = REPO / "outputs" / "test-app-screens"
+
+
+def real_dialogues(count: int) -> list[str]:
+    """Real MedSynth dialogues from the embedded demo data (committed: no shared folder needed)."""
+    from icd10_coder.realdata import read_demo_data
+
+    return [row["Dialogue"] for row in read_demo_data()[:count]]
+
+
+def write_serving_record(workspace: Path) -> Path:
+    """A serving record for the embedded base model as tools/fuse.py writes one (values set by this test)."""
+    from icd10_coder.paths import EMBEDDED_MODEL, display_path
+    from icd10_coder.retrieval import RetrievalSettings
+
+    record = serving.scoring_record(
+        approach="baseline-slm-choice-shortlist-fused", base_model=display_path(EMBEDDED_MODEL), adapter=None,
+        shortlist={"k": 5, "retriever": RetrievalSettings(neighbours=0).as_record()},
+        scoring=choice.Scoring(fusion_weight=0.5, temperature=0.1).as_record(),
+        dev={"split": "val", "rows": 3, "exact_match": 0.0},
+        test_calibration=calibration.measure([(0.7, True), (0.4, False), (0.1, False), (0.15, True)]))
+    path = workspace / "serving.json"
+    serving.write_serving(path, record, [record])
+    return path
 
 
 # ---------------------------------------------------------------- building blocks
@@ -97,11 +123,12 @@ def test_adapter_hash_changes_with_the_weights(tmp_path):
 
 
 def test_calibration_bands_and_expected_calibration_error():
-    assert [calibration.band(c) for c in (0.95, 0.6, 0.45, 0.1, None)] == ["high", "high", "medium", "low", "unknown"]
+    assert [calibration.band(c) for c in (0.95, 0.6, 0.45, 0.1, None)] == ["high", "high", "medium", "not sure",
+                                                                            "unknown"]
     perfect = calibration.measure([(0.9, True)] * 9 + [(0.9, False)])
     assert perfect["ece"] == pytest.approx(0.0, abs=1e-9) and perfect["bands"]["high"] == {"n": 10, "accuracy": 0.9}
     overconfident = calibration.measure([(0.95, False)] * 4 + [(0.95, True)])
-    assert overconfident["ece"] == pytest.approx(0.75) and overconfident["bands"]["low"]["n"] == 0
+    assert overconfident["ece"] == pytest.approx(0.75) and overconfident["bands"]["not sure"]["n"] == 0
 
 
 def test_bad_uploads_get_clear_messages():
@@ -132,8 +159,11 @@ def app_server(tmp_path_factory):
     workspace = Path(tempfile.mkdtemp(prefix="test-app-", dir=REPO / "outputs"))
     port = free_port()
     log = (workspace / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "tools/app.py", "--adapter", "none", "--port", str(port),
-                               "--workspace", str(workspace), "--top-k", "3"], cwd=REPO,
+    # ICD10_TEST_APP_SERVING=outputs/demo/serving.json drives the page with make demo's served approach instead
+    # (how the README's screenshot is taken); by default the test serves its own record.
+    served = os.environ.get("ICD10_TEST_APP_SERVING") or str(write_serving_record(workspace))
+    server = subprocess.Popen([sys.executable, "tools/app.py", "--serving", served,
+                               "--port", str(port), "--workspace", str(workspace), "--top-k", "3"], cwd=REPO,
                               env=subprocess_env(hub_offline=True), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 240
@@ -208,18 +238,23 @@ def test_workbench_in_a_real_browser(app_server, browser, tmp_path):
     click(browser, "#suggest")
     wait_text(browser, "#status", "the dialogue is empty")
 
-    # Paste a dialogue: ranked codes with descriptions, hierarchy, a confidence band, evidence.
-    set_text(browser, "#dialogue textarea", DIALOGUE)
+    # Paste a real dialogue: the served score ranks the shortlist (codes with descriptions, hierarchy, a
+    # calibrated band with its measured accuracy, or "not sure — search the codes"), with evidence.
+    dialogue = real_dialogues(1)[0]
+    set_text(browser, "#dialogue textarea", dialogue)
     click(browser, "#suggest")
-    wait_text(browser, "#status", "suggestion(s) in")
+    status = wait_text(browser, "#status", "suggestion(s) in")
     rows = browser.find_elements(By.CSS_SELECTOR, "#suggestions tr[data-code]")
     codes = [row.get_attribute("data-code") for row in rows]
-    assert 1 <= len(codes) <= 3 and all(is_billable(code) for code in codes)
+    assert len(codes) == 3 and all(is_billable(code) for code in codes)
     table = browser.find_element(By.CSS_SELECTOR, "#suggestions").text
-    assert "Chapter" in table and any(band in table for band in ("high (", "medium (", "low ("))
+    assert "Chapter" in table and "fused score" in table and "measured on real test dialogues" in table
+    top = float(rows[0].find_elements(By.CSS_SELECTOR, "td")[5].text.split()[0])
+    assert ("Not sure — search the codes" in status) == (calibration.band(top) == calibration.NOT_SURE)
+    assert "choice by likelihood" in browser.find_element(By.CSS_SELECTOR, "body").text
     evidence_text = browser.find_element(By.CSS_SELECTOR, "#evidence").text
-    assert "thirsty" in evidence_text  # the dialogue, with each evidence sentence labelled by its codes
-    for label in {label for _, label in highlighted(DIALOGUE, codes) if label}:
+    assert dialogue.splitlines()[0][-20:] in evidence_text  # the dialogue, evidence labelled by its codes
+    for label in {label for _, label in highlighted(dialogue, codes) if label}:
         assert label in evidence_text
     browser.save_screenshot(str(SCREENS / "suggestions.png"))
 
@@ -263,7 +298,7 @@ def test_workbench_in_a_real_browser(app_server, browser, tmp_path):
     # Batch: two dialogues in, JSON and CSV out (owner-only); a line without a dialogue is refused.
     browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Batch')]").click()
     batch = tmp_path / "batch.jsonl"
-    batch.write_text("\n".join(json.dumps({"dialogue": DIALOGUE.replace("month", m)}) for m in ("week", "year")))
+    batch.write_text("\n".join(json.dumps({"dialogue": d}) for d in real_dialogues(2)))
     browser.find_element(By.CSS_SELECTOR, "#batch-upload input[type=file]").send_keys(str(batch))
     time.sleep(2)
     click(browser, "#run-batch")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import bench
+from icd10_coder import benchmarks as bench
 
 
 def test_padding_shares_on_known_lengths():

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 import fuse
-import report
 import run_eval
-from icd10_coder import choice
+from icd10_coder import choice, reporting
 from icd10_coder.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +95,8 @@ def test_one_prompt_pass_gives_the_same_loglikelihoods_as_full_passes(embedded_m
 @pytest.fixture(scope="module")
 def choose_data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("choose")
-    ranked = prepare_demo(root / "prepared-shortlist", "--shortlist", "5", "--shortlist-neighbours", "0")
-    taught = prepare_demo(root / "prepared-choose", "--shortlist", "5", "--shortlist-neighbours", "0", "--choose")
+    ranked = prepare_templated(root / "prepared-shortlist", "--shortlist", "5", "--shortlist-neighbours", "0")
+    taught = prepare_templated(root / "prepared-choose", "--shortlist", "5", "--shortlist-neighbours", "0", "--choose")
     return ranked, taught
 
 
@@ -162,11 +161,11 @@ def test_run_eval_routes_choice_configs(tmp_path, choose_data):
 
 
 def test_labels_name_every_variant():
-    assert report.label("finetuned-slm-shortlist") == "Finetuned SLM + shortlist"
-    assert report.label("baseline-slm-choice-shortlist") == "Baseline SLM + shortlist (choice by likelihood)"
-    assert report.label("finetuned-slm-choose-choice-shortlist-fused") == \
+    assert reporting.label("finetuned-slm-shortlist") == "Finetuned SLM + shortlist"
+    assert reporting.label("baseline-slm-choice-shortlist") == "Baseline SLM + shortlist (choice by likelihood)"
+    assert reporting.label("finetuned-slm-choose-choice-shortlist-fused") == \
         "Finetuned SLM trained to choose + shortlist (choice by likelihood, fused with retrieval)"
-    assert report.label("retrieval") == "Retrieval (no model)" and report.label("my-run") == "my-run"
+    assert reporting.label("retrieval") == "Retrieval (no model)" and reporting.label("my-run") == "my-run"
 
 
 def write_choice_log(folder: Path, task: str, docs: list[dict], model_scores: list[list[float]]) -> None:
@@ -202,11 +201,49 @@ def test_fuse_chooses_the_weight_on_validation_and_applies_it_to_test_once(tmp_p
     assert record["weight"] == 0.5 and record["validation_rows"] == 4
     curve = record["validation_exact_match_by_weight"]
     assert curve["0.0"] == 0.0 and curve["0.3"] == 0.0 and curve["0.35"] == 1.0
-    loaded = report.load_approach(fused, report.UNSEEN_TASK)
+    loaded = reporting.load_approach(fused, reporting.UNSEEN_TASK)
     assert loaded is not None and loaded.n == 2 and loaded.per_item("exact_match") == {"row-10": 1, "row-11": 1}
-    assert report.label(fused.name).endswith("(choice by likelihood, fused with retrieval)")
+    assert reporting.label(fused.name).endswith("(choice by likelihood, fused with retrieval)")
 
 
 def test_fuse_refuses_without_validation_scores(tmp_path):
     result = CliRunner().invoke(fuse.main, ["baseline-slm-choice-shortlist", "--workspace", str(tmp_path / "ws")])
     assert result.exit_code != 0 and "--split val" in result.output
+
+
+# ---------------------------------------------------------------- the served score and its calibration
+
+
+def test_score_shortlist_ranks_as_the_fused_rank_and_gives_a_distribution():
+    candidates = ["E11.9", "I10", "J06.9", "K21.9"]
+    lls, retrieval = [-30.0, -12.0, -25.0, -12.5], [0.9, 0.2, 0.5, 0.1]
+    for weight in (0.0, 0.35, 1.0):
+        scoring = choice.Scoring(fusion_weight=weight, temperature=0.2)
+        scored = choice.score_shortlist(candidates, lls, retrieval, scoring)
+        expected = choice.rank(candidates, choice.fused_scores(choice.per_char(lls, candidates), retrieval, weight))
+        assert [s.code for s in scored] == expected
+        assert sum(s.probability for s in scored) == pytest.approx(1.0)
+        assert [s.probability for s in scored] == sorted((s.probability for s in scored), reverse=True)
+    # A higher temperature spreads the probability: the top candidate gets less.
+    cold = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=0.05))
+    warm = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=1.0))
+    assert cold[0].probability > warm[0].probability > 0.25
+
+
+def test_fitted_temperature_follows_how_often_the_top_candidate_is_right():
+    confident = [([1.0, 0.1, 0.0], True)] * 20  # the top always right: as sharp as the grid allows
+    assert choice.fit_temperature(confident) == min(choice.TEMPERATURE_GRID)
+    hopeless = [([1.0, 0.9, 0.8, 0.0], False)] * 20  # never right: as flat as the grid allows
+    assert choice.fit_temperature(hopeless) == max(choice.TEMPERATURE_GRID)
+    # Right 40% of the time with the same margins: the fitted top probability is near 0.4.
+    mixed = [([1.0, 0.5, 0.2, 0.0], True)] * 8 + [([1.0, 0.5, 0.2, 0.0], False)] * 12
+    temperature = choice.fit_temperature(mixed)
+    top = max(choice.probabilities([1.0, 0.5, 0.2, 0.0], temperature))
+    assert top == pytest.approx(0.4, abs=0.03)
+    with pytest.raises(ValueError):
+        choice.fit_temperature([])
+
+
+def test_scoring_record_round_trips():
+    scoring = choice.Scoring(normalisation="sum", fusion_weight=0.35, temperature=0.125)
+    assert choice.Scoring.from_record(json.loads(json.dumps(scoring.as_record()))) == scoring

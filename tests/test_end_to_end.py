@@ -1,6 +1,8 @@
-"""`make demo` end to end, with networking removed: prepare -> train -> 3 evaluations -> report.
+"""`make demo` end to end, with networking removed: the embedded real rows -> prepare with the shortlist ->
+a few LoRA steps -> Retrieval, Baseline / Finetuned SLM choice (dev, then test), fusion and calibration
+on dev, the LLM stand-in -> report, and the served default that predict and the app read.
 
-One demo run (~10 min on 2 cores) is shared by every test in this module. It runs in its
+One demo run (~13 min on 2 cores) is shared by every test in this module. It runs in its
 own workspace (a throw-away folder under outputs/), while files planted in every path of
 the real run must come through byte-identical, and `git status` must not change. Where
 the machine allows (root + util-linux `unshare`), it runs in a network namespace with
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import stat
 import subprocess
@@ -30,7 +33,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 # Everything a real run owns; the demo (and the tests) must never read or write it.
 REAL_RUN_FOLDERS = ("data/prepared", "outputs/adapters/qlora", "outputs/eval", "outputs/report",
-                    "outputs/mlflow-artifacts", "outputs/axolotl-cache/qlora", "outputs/datasets-cache")
+                    "outputs/mlflow-artifacts", "outputs/axolotl-cache/qlora", "outputs/datasets-cache",
+                    "outputs/retrieval-cache")
 REAL_RUN_FILES = ("outputs/mlflow.db",)
 
 
@@ -122,33 +126,77 @@ def test_demo_leaves_the_real_run_and_git_alone(demo_run):
     assert not (REPO / "mlruns").exists()
 
 
-SHOWN = ("retrieval", "baseline-llm", "baseline-slm", "finetuned-slm", "baseline-llm-shortlist",
-         "baseline-slm-shortlist", "finetuned-slm-shortlist")
+SHOWN = ("retrieval", "baseline-llm-shortlist", "baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist",
+         "baseline-slm-choice-shortlist-fused", "finetuned-slm-choice-shortlist-fused")
+FUSED = ("baseline-slm-choice-shortlist-fused", "finetuned-slm-choice-shortlist-fused")
 
 
-def test_report_has_every_approach_with_and_without_shortlist_and_every_metric(demo_run, workspace):
+def test_report_has_every_approach_on_real_unseen_codes_and_every_metric(demo_run, workspace):
     approaches = summary(workspace)["approaches"]
-    assert set(approaches) == set(SHOWN)
+    assert set(approaches) == set(SHOWN), set(approaches)
     for name in SHOWN:
         info = approaches[name]
-        assert info["status"] == "present" and info["n"] >= 5
+        assert info["status"] == "present" and info["n"] >= 15
         for metric in METRICS:
             m = info["metrics"][metric]
             assert m["ci95_low"] <= m["mean"] <= m["ci95_high"], (name, metric, m)
     assert summary(workspace)["data_card_sha256"] and summary(workspace)["paired_tests"]
     report = (workspace / "report" / "report.md").read_text()
-    assert "Finetuned SLM" in report and "McNemar" in report and "p (Holm)" in report
-    for label in ("Retrieval (no model)", "Finetuned SLM + shortlist", "Baseline SLM + shortlist"):
+    assert "McNemar" in report and "p (Holm)" in report and "codes never trained on" in report
+    for label in ("Retrieval (no model)", "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)",
+                  "Baseline SLM + shortlist (choice by likelihood)", "Baseline LLM + shortlist"):
         assert f"| {label} |" in report
     card = json.loads((workspace / "prepared-shortlist" / "data_card.json").read_text())
+    assert card["embedded_demo"] and card["test_codes_seen_in_train"] == 0 and card["rows_kept"] == 100
     assert card["shortlist"]["k"] == 10 and set(card["shortlist"]["recall_at_k"]) >= {"train", "val", "test"}
 
 
-def test_finetuned_beats_baseline_on_exact_match(demo_run, workspace):
-    approaches = summary(workspace)["approaches"]
-    finetuned = approaches["finetuned-slm"]["metrics"]["exact_match"]["mean"]
-    baseline = approaches["baseline-slm"]["metrics"]["exact_match"]["mean"]
-    assert finetuned > baseline, (finetuned, baseline)
+def test_calibration_is_measured_on_the_test_rows_and_reported(demo_run, workspace):
+    measured = summary(workspace)["calibration"]
+    assert set(measured) == set(FUSED)
+    for name in FUSED:
+        fusion = json.loads((workspace / "eval" / name / "fusion.json").read_text())
+        assert measured[name] == fusion["test_calibration"] and 0 <= measured[name]["ece"] <= 1
+        assert measured[name]["n"] == summary(workspace)["approaches"][name]["n"]
+        assert fusion["temperature"] in __import__("icd10_coder.choice").choice.TEMPERATURE_GRID
+    report = (workspace / "report" / "report.md").read_text()
+    assert "## Calibration on the test split" in report and "reliability.png" in report
+    assert (workspace / "report" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_served_default_is_the_approach_best_on_dev(demo_run, workspace):
+    served = json.loads((workspace / "serving.json").read_text())
+    dev = {name: json.loads((workspace / "eval" / name / "scoring.json").read_text())["chosen_on"]["exact_match"]
+           for name in FUSED}
+    assert served["compared_on_dev"] == dev
+    assert served["chosen_on"]["exact_match"] == max(dev.values()) and served["chosen_on"]["split"] == "val"
+    if served["adapter"]:  # a finetuned winner: the adapter's own record says the same
+        adapter_record = json.loads((REPO / served["adapter"] / "icd10_scoring.json").read_text())
+        assert {k: v for k, v in served.items() if k not in ("why", "compared_on_dev")} == adapter_record
+    assert "Served by `make app`" in (workspace / "report" / "report.md").read_text()
+
+
+def test_served_prompt_candidates_and_scores_are_the_evaluated_ones(demo_run, workspace):
+    """The round trip: for the same test dialogues, predict/app build the prompt, the shortlist (order and
+    retrieval scores) and the ranking with probabilities that the evaluated (fused) approach logged."""
+    from icd10_coder.predictor import load_suggester, prompt_messages
+    from icd10_coder.workspace import Workspace
+
+    space = Workspace.at(workspace)
+    served = json.loads(space.serving_file.read_text())
+    suggester = load_suggester(None, None, device="cpu", workspace=space, serving_file=space.serving_file)
+    assert suggester.chooses and suggester.record["approach"] == served["approach"]
+    log = next((workspace / "eval" / served["approach"]).glob("samples_icd10_medsynth_choice_2*.jsonl"))
+    for sample in [json.loads(line) for line in log.read_text().splitlines()][:3]:
+        doc = sample["doc"]
+        shortlist = suggester.shortlister([doc["dialogue"]])[0]
+        assert [code for code, _ in shortlist] == doc["candidates"]
+        assert [score for _, score in shortlist] == pytest.approx(doc["candidate_scores"], abs=1e-4)
+        assert prompt_messages(doc["dialogue"], doc["candidates"]) == [
+            {"role": "system", "content": doc["system"]}, {"role": "user", "content": doc["user"]}]
+        result = suggester.suggest([doc["dialogue"]], 10)[0]
+        assert [c["code"] for c in result["codes"]] == sample["filtered_resps"][0].split(", ")
+        assert [c["confidence"] for c in result["codes"]] == pytest.approx(sample["probabilities"], abs=2e-3)
 
 
 def test_plots_are_real_pngs(demo_run, workspace):
@@ -166,18 +214,22 @@ def mlflow_runs(workspace: Path):
     return client, experiment, runs
 
 
-def test_training_loss_went_down_and_mlflow_holds_every_run(demo_run, workspace):
+def test_training_logged_every_step_and_mlflow_holds_every_run(demo_run, workspace):
     client, experiment, runs = mlflow_runs(workspace)
     names = [r.info.run_name for r in runs]
-    assert "train-demo-cpu" in names and "train-demo-cpu-shortlist" in names
+    assert "train-demo-cpu-shortlist" in names
     for approach in SHOWN:
         assert f"eval-{approach}" in names
-    train = next(r for r in runs if r.info.run_name == "train-demo-cpu")
+    train = next(r for r in runs if r.info.run_name == "train-demo-cpu-shortlist")
     losses = [m.value for m in sorted(client.get_metric_history(train.info.run_id, "train/loss")
                                       or client.get_metric_history(train.info.run_id, "loss"), key=lambda m: m.step)]
-    assert len(losses) >= 10
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
-    evaluation = next(r for r in runs if r.info.run_name == "eval-finetuned-slm")
+    # A few steps of two real dialogues each: the loss of a step depends on which two rows it saw, so it is
+    # not monotone (one run: 0.51, 0.38, 3.05, 2.58, 0.32, 1.12, 3.55, 0.09); that it learned shows in the
+    # merge test (the adapter moves the logits) and in the report, not here.
+    from demo import TRAIN_STEPS
+
+    assert len(losses) == TRAIN_STEPS and all(math.isfinite(v) and v >= 0 for v in losses), losses
+    evaluation = next(r for r in runs if r.info.run_name == "eval-finetuned-slm-choice-shortlist-fused")
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id, "report")}
     assert "report/report.md" in artifacts and "report/metrics_by_approach.png" in artifacts
 
@@ -195,6 +247,11 @@ def test_no_absolute_machine_paths_in_reports_summaries_or_mlflow_params(demo_ru
     texts = {"report.md": (workspace / "report" / "report.md").read_text(),
              "summary.json": (workspace / "report" / "summary.json").read_text()}
     texts |= {str(p.relative_to(workspace)): p.read_text() for p in (workspace / "eval").rglob("run_config.yml")}
+    # lm-eval's own result files, and the folders it names after the model, get relative paths only.
+    texts |= {str(p.relative_to(workspace)): p.read_text() for p in (workspace / "eval").rglob("results_*.json")}
+    texts |= {"serving.json": (workspace / "serving.json").read_text()}
+    for path in (workspace / "eval").rglob("*"):
+        assert str(REPO).strip("/").replace("/", "__") not in path.name, path
     for run in mlflow_runs(workspace)[2]:
         texts[f"mlflow params of {run.info.run_name}"] = json.dumps(run.data.params)
     for name, text in texts.items():
@@ -202,32 +259,33 @@ def test_no_absolute_machine_paths_in_reports_summaries_or_mlflow_params(demo_ru
             assert prefix not in text, (name, prefix, text[max(0, text.find(prefix) - 200):text.find(prefix) + 200])
 
 
-def test_adapters_record_the_prompts_they_were_trained_on(demo_run, workspace):
-    plain = json.loads((workspace / "adapters" / "demo-cpu" / "icd10_prompt.json").read_text())
+def test_adapter_records_the_prompts_it_was_trained_on(demo_run, workspace):
     shortlist = json.loads((workspace / "adapters" / "demo-cpu-shortlist" / "icd10_prompt.json").read_text())
-    assert plain["prompt_variant"] == "plain" and shortlist["prompt_variant"] == "shortlist"
+    assert shortlist["prompt_variant"] == "shortlist"
     assert shortlist["shortlist_k"] == 10 and shortlist["prepared_data"].endswith("prepared-shortlist")
+    assert shortlist["retriever"]["neighbours"] == 0
 
 
-def test_finetuned_eval_loaded_the_adapter_and_logs_parsed_codes(demo_run, workspace):
-    results = next((workspace / "eval" / "finetuned-slm").rglob("results_*.json"))
-    config = json.loads(results.read_text())["config"]
-    assert "peft" in str(config["model_args"]) and f"{workspace.name}/adapters/demo-cpu" in str(config["model_args"])
-    samples = next((workspace / "eval" / "finetuned-slm").rglob("samples_icd10_medsynth_*.jsonl"))
-    first = json.loads(samples.read_text().splitlines()[0])
+def test_finetuned_eval_loaded_the_adapter_and_logs_candidate_loglikelihoods(demo_run, workspace):
+    folder = workspace / "eval" / "finetuned-slm-choice-shortlist"
+    config = json.loads(next(folder.rglob("results_*.json")).read_text())["config"]
+    assert "peft" in str(config["model_args"])
+    assert f"{workspace.name}/adapters/demo-cpu-shortlist" in str(config["model_args"])
+    first = json.loads(next(folder.rglob("samples_icd10_medsynth_choice_*.jsonl")).read_text().splitlines()[0])
     assert first["target"] == first["doc"]["gold_code"]
-    assert isinstance(first["filtered_resps"][0], str) and isinstance(first["resps"][0][0], str)
+    assert len(first["filtered_resps"]) == len(first["doc"]["candidates"]) == 10
 
 
 def test_llm_baseline_went_through_the_local_server(demo_run, workspace):
-    results = next((workspace / "eval" / "baseline-llm").rglob("results_*.json"))
+    results = next((workspace / "eval" / "baseline-llm-shortlist").rglob("results_*.json"))
     config = json.loads(results.read_text())["config"]
     assert config["model"] == "local-chat-completions"
     assert "127.0.0.1" in str(config["model_args"])
 
 
 def test_files_with_dialogue_text_are_private(demo_run, workspace):
-    sensitive = list((workspace / "prepared").glob("*.jsonl")) + list((workspace / "eval").rglob("samples_*.jsonl"))
+    sensitive = list((workspace / "prepared-shortlist").glob("*.jsonl")) + \
+        list((workspace / "eval").rglob("samples_*.jsonl"))
     assert len(sensitive) >= 6
     for path in sensitive:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -242,9 +300,9 @@ def test_adapter_merges_into_a_full_model_on_cpu(demo_run, workspace, tmp_path, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = workspace / "adapters" / "demo-cpu"
+    adapter = workspace / "adapters" / "demo-cpu-shortlist"
     result = subprocess.run(
-        [sys.executable, "-m", "axolotl.cli.merge_lora", str(workspace / "recipes" / "demo-cpu.yml"),
+        [sys.executable, "-m", "axolotl.cli.merge_lora", str(workspace / "recipes" / "demo-cpu-shortlist.yml"),
          f"--lora_model_dir={adapter}", f"--output_dir={tmp_path}"], cwd=REPO, env=subprocess_env(hub_offline=True),
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -17,8 +17,17 @@ def test_every_generated_block_in_readme_and_guide_is_its_file_verbatim():
             assert source.is_file(), f"{doc} shows generated:{name}, but {source} does not exist"
             assert content == source.read_text(encoding="utf-8"), f"{doc}: block {name} differs from {source.name}"
             found[(doc, name)] = True
-    assert ("README.md", "experiment-real") in found  # the README's result table is the experiment's file
-    assert ("GUIDE.md", "retrieval-study") in found
+    assert ("README.md", "experiment-real-summary") in found  # the README's result table is the experiment's file
+    assert ("GUIDE.md", "experiment-real") in found and ("GUIDE.md", "retrieval-study") in found
+
+
+def test_the_readme_summary_is_the_start_of_the_full_experiment_table():
+    """Both files come from one run (tools/experiment_real.py writes them together): the summary is the
+    header, verdict and unseen-categories table of the full file, verbatim."""
+    summary = (GENERATED_DIR / "experiment-real-summary.md").read_text(encoding="utf-8")
+    full = (GENERATED_DIR / "experiment-real.md").read_text(encoding="utf-8")
+    assert full.startswith(summary.rstrip("\n")) and "Target" in summary and "**Unseen categories**" in summary
+    assert "**Unseen codes, seen siblings**" not in summary
 
 
 def test_write_generated_replaces_only_its_own_block(tmp_path):

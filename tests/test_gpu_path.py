@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 import train
 from icd10_coder.offline import subprocess_env
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def launched(tmp_path, monkeypatch):
     """Run tools/train.py with accelerate replaced by a recorder; returns (run, recorded calls)."""
     space = Workspace.at(tmp_path / "ws")
-    prepare_demo(space.prepared)
+    prepare_templated(space.prepared)
     calls = []
     real_run = subprocess.run
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 from icd10_coder.codes import is_billable
 from icd10_coder.constrained import CodePrefixConstraint
@@ -95,7 +95,7 @@ def test_constraint_allows_only_prefixes_of_billable_codes(embedded_model):
 @pytest.mark.slow
 def test_constrained_mode_never_returns_an_invalid_code_on_the_demo_split(tmp_path, embedded_model):
     """Base model, no adapter: the least disciplined answerer, so the constraint does all the work."""
-    prepared = prepare_demo(tmp_path / "prepared")
+    prepared = prepare_templated(tmp_path / "prepared")
     rows = [json.loads(line) for line in (prepared / "test.jsonl").read_text().splitlines()]
     batch = tmp_path / "test.jsonl"
     batch.write_text("\n".join(json.dumps({"dialogue": r["dialogue"]}) for r in rows))
@@ -110,7 +110,7 @@ def test_constrained_mode_never_returns_an_invalid_code_on_the_demo_split(tmp_pa
 
 def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tmp_path, embedded_model):
     """Left-padded batches (what a GPU uses) must not change what the model answers."""
-    prepared = prepare_demo(tmp_path / "prepared")
+    prepared = prepare_templated(tmp_path / "prepared")
     rows = [json.loads(line) for line in (prepared / "test.jsonl").read_text().splitlines()][:4]
     batch = tmp_path / "four.jsonl"
     batch.write_text("\n".join(json.dumps({"dialogue": r["dialogue"]}) for r in rows))
@@ -138,3 +138,68 @@ def test_gpu_options_fail_clearly_without_a_gpu(dialogue_file, args, message):
     result = predict(str(dialogue_file), "--adapter", "none", *args)
     assert result.returncode != 0 and message in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
+
+
+# ---------------------------------------------------------------- the served default: a scoring record
+
+
+def serving_file(folder: Path, weight: float = 0.5, temperature: float = 0.1) -> Path:
+    """A serving record for the embedded base model as tools/fuse.py writes one (this test's own values)."""
+    from icd10_coder import calibration, choice, serving
+    from icd10_coder.paths import EMBEDDED_MODEL, display_path
+    from icd10_coder.retrieval import RetrievalSettings
+
+    record = serving.scoring_record(
+        approach="baseline-slm-choice-shortlist-fused", base_model=display_path(EMBEDDED_MODEL), adapter=None,
+        shortlist={"k": 4, "retriever": RetrievalSettings(neighbours=0).as_record()},
+        scoring=choice.Scoring(fusion_weight=weight, temperature=temperature).as_record(),
+        dev={"split": "val", "rows": 2, "exact_match": 0.5}, test_calibration=calibration.measure([(0.5, True)]))
+    folder.mkdir(parents=True, exist_ok=True)
+    return serving.write_serving(folder / "serving.json", record, [record])
+
+
+def test_a_served_record_chooses_among_its_shortlist_with_calibrated_probabilities(tmp_path, embedded_model):
+    """No generation: the record's K candidates, ranked by the scorer, probabilities over the list, a band."""
+    from icd10_coder import calibration, choice
+    from icd10_coder.predictor import PredictionError, load_suggester
+    from icd10_coder.realdata import read_demo_data
+    from icd10_coder.workspace import Workspace
+
+    path = serving_file(tmp_path / "ws")
+    space = Workspace.at(tmp_path / "ws")
+    suggester = load_suggester(None, None, device="cpu", workspace=space, serving_file=path)
+    assert suggester.chooses and suggester.adapter is None and suggester.shortlister.k == 4
+    dialogue = read_demo_data()[0]["Dialogue"]
+    result = suggester.suggest([dialogue], 10)[0]
+    shortlist = [c["code"] for c in result["shortlist"]]
+    codes = [c["code"] for c in result["codes"]]
+    assert len(shortlist) == 4 and sorted(codes) == sorted(shortlist) and result["raw_answer"] == ""
+    confidences = [c["confidence"] for c in result["codes"]]
+    assert sum(confidences) == pytest.approx(1.0, abs=1e-3) and confidences == sorted(confidences, reverse=True)
+    assert result["band"] == calibration.band(confidences[0])
+    assert result["not_sure"] == (result["band"] == calibration.NOT_SURE)
+    # The same numbers straight from the scorer (what fuse ranked the evaluated test rows with).
+    scores = suggester.predictor.candidate_loglikelihoods(dialogue, shortlist)
+    scored = choice.score_shortlist(shortlist, [t for t, _ in scores], [c["score"] for c in result["shortlist"]],
+                                    suggester.scoring)
+    assert [s.code for s in scored] == codes
+    assert [round(s.probability, 4) for s in scored] == confidences
+    with pytest.raises(PredictionError, match="--generate"):
+        load_suggester(None, None, device="cpu", workspace=space, serving_file=path, shortlist=False)
+    generating = load_suggester(None, None, device="cpu", workspace=space, serving_file=path, generate=True)
+    assert not generating.chooses
+
+
+def test_predict_cli_serves_the_record_and_says_how_sure_it_is(tmp_path, embedded_model):
+    from icd10_coder.realdata import read_demo_data
+
+    path = serving_file(tmp_path / "ws")
+    dialogue = tmp_path / "real.txt"
+    dialogue.write_text(read_demo_data()[1]["Dialogue"])
+    result = predict(str(dialogue), "--serving", str(path), "--workspace", str(tmp_path / "ws"), "--top-k", "3")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    out = result.stdout.decode()
+    ranked = [line for line in out.splitlines() if line[:2] in ("1.", "2.", "3.")]
+    assert len(ranked) == 3 and all("  confidence 0." in line or "confidence 1.00" in line for line in ranked)
+    assert "choice by likelihood" in out
+    assert ("not sure — search the codes" in out) != ("high confidence" in out or "medium confidence" in out)

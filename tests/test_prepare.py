@@ -62,6 +62,11 @@ def read_all(out: Path) -> tuple[dict, dict[str, list[dict]]]:
     return card, splits
 
 
+def row_code(record: dict) -> str:
+    """The gold code of a training (answer line) or test (gold_code) record."""
+    return record.get("gold_code") or record["messages"][2]["content"].split(" - ")[0]
+
+
 def train_dialogue(record: dict) -> str:
     return record["messages"][1]["content"]
 
@@ -217,16 +222,37 @@ def test_outputs_are_private(tmp_path):
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700
 
 
-def test_demo_data_is_labelled_synthetic_and_measured_in_tokens(tmp_path, embedded_model):
-    result = CliRunner().invoke(prepare.main, ["--demo", "--out", str(tmp_path / "out"),
+def test_templated_data_is_labelled_synthetic_and_measured_in_tokens(tmp_path, embedded_model):
+    result = CliRunner().invoke(prepare.main, ["--templated", "--out", str(tmp_path / "out"),
                                                "--tokenizer", str(embedded_model)])
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "out" / "data_card.json").read_text())
-    assert card["synthetic_demo"] is True and "synthetic" in card["source"]
-    assert "synthetic demo data" in (tmp_path / "out" / "data_card.md").read_text()
+    assert card["synthetic_demo"] is True and "templated synthetic" in card["source"]
+    assert "templated synthetic data" in (tmp_path / "out" / "data_card.md").read_text()
     lengths = card["token_lengths"]["prompt_plus_answer"]
     assert 100 < lengths["p50"] <= lengths["p95"] <= lengths["max"] < 512
     assert card["test_codes_seen_in_train"] == card["test_codes"] >= 5
+
+
+def test_demo_is_the_embedded_real_rows_split_by_category(tmp_path):
+    """`--demo` reads the committed real subset (no hub, no shared folder); by category no test code nor any
+    sibling of it is trained on."""
+    code, output = run_prepare("--demo", "--group-by", "category", "--val-fraction", "0.16", "--test-fraction",
+                               "0.24", "--out", str(tmp_path / "out"))
+    assert code == 0, output
+    card, splits = read_all(tmp_path / "out")
+    assert card["embedded_demo"] is True and card["synthetic_demo"] is False
+    assert "embedded real MedSynth" in card["source"] and card["rows_kept"] == 100
+    categories = {name: {row_code(r)[:3] for r in rows} for name, rows in splits.items()}
+    assert categories["train"].isdisjoint(categories["test"]) and categories["train"].isdisjoint(categories["val"])
+    assert categories["val"].isdisjoint(categories["test"])
+    assert card["test_codes_seen_in_train"] == 0 and len(splits["test"]) >= 15 and len(splits["val"]) >= 10
+    assert card["options"]["group_by"] == "category"
+
+
+def test_demo_and_templated_and_source_exclude_each_other(tmp_path):
+    code, output = run_prepare("--demo", "--templated", "--out", str(tmp_path / "out"))
+    assert code != 0 and "exclude each other" in output
 
 
 def test_real_medsynth_sample(tmp_path, medsynth_sample):
@@ -247,9 +273,13 @@ def test_token_lengths_equal_direct_tokenization(embedded_model, medsynth_sample
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model)
     rows = [json.loads(line) for line in medsynth_sample.read_text().splitlines()]
-    kept, _ = prepare.clean_rows(prepare.canonical_columns(rows, "sample"), "keep", False)
-    direct = [len(tokenizer.apply_chat_template(prepare.training_record(e)["messages"], tokenize=True,
+    from icd10_coder.datacard import prompt_shell_tokens
+    from icd10_coder.preparation import canonical_columns, clean_rows
+    from icd10_coder.records import training_record
+
+    kept, _ = clean_rows(canonical_columns(rows, "sample"), "keep", False)
+    direct = [len(tokenizer.apply_chat_template(training_record(e)["messages"], tokenize=True,
                                                 return_dict=True)["input_ids"]) for e in kept]
     dialogue = [len(ids) for ids in tokenizer([e.dialogue for e in kept], add_special_tokens=False)["input_ids"]]
-    fast = [d + shell for d, shell in zip(dialogue, prepare.prompt_shell_tokens(tokenizer, kept), strict=True)]
+    fast = [d + shell for d, shell in zip(dialogue, prompt_shell_tokens(tokenizer, kept), strict=True)]
     assert fast == direct

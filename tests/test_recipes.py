@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 from icd10_coder.offline import workspace_env
 from icd10_coder.workspace import Workspace
@@ -134,14 +134,19 @@ def test_cpu_recipes_pass_axolotl_load_cfg(name, embedded_model, monkeypatch, tm
         not (REPO / recipe(name)["output_dir"] / "debug.log").exists()
 
 
+# What real dialogues change on the CPU: prompts of up to ~2,100 tokens, one per micro-batch, one epoch.
+REAL_DIALOGUE_KEYS = {"micro_batch_size", "gradient_accumulation_steps", "num_epochs", "eval_strategy", "test_datasets"}
+
+
 def test_shortlist_recipes_differ_from_their_base_only_in_data_and_outputs():
     allowed = {"datasets", "test_datasets", "sequence_len", "output_dir", "dataset_prepared_path", "mlflow_run_name"}
+    assert differing_keys(recipe("demo-cpu.yml"), recipe("demo-cpu-shortlist.yml")) <= allowed | REAL_DIALOGUE_KEYS
+    assert recipe("demo-cpu-shortlist.yml")["sequence_len"] >= 2048
     for base, variant, data in (("qlora.yml", "qlora-shortlist.yml", "prepared-shortlist"),
-                                ("demo-cpu.yml", "demo-cpu-shortlist.yml", "prepared-shortlist"),
                                 ("qlora-shortlist.yml", "qlora-choose.yml", "prepared-choose"),
                                 ("demo-cpu-shortlist.yml", "demo-cpu-choose.yml", "prepared-choose")):
         drift = differing_keys(recipe(base), recipe(variant))
-        assert drift <= allowed, drift
+        assert drift <= allowed | (REAL_DIALOGUE_KEYS if variant == "demo-cpu-shortlist.yml" else set()), drift
         assert {d["path"] for d in recipe(variant)["datasets"]} == {f"data/{data}/train.jsonl"}
         assert recipe(variant)["output_dir"] != recipe(base)["output_dir"]
 
@@ -152,7 +157,7 @@ def test_training_data_masks_everything_but_the_answer(tmp_path, embedded_model)
     from transformers import AutoTokenizer
 
     env = workspace_env(Workspace.at(tmp_path / "ws"), hub_offline=True)  # datasets cache there, not ~/.cache
-    prepare_demo(tmp_path / "data" / "prepared")
+    prepare_templated(tmp_path / "data" / "prepared")
     prepared = tmp_path / "cache"
     result = subprocess.run(
         [sys.executable, "-m", "axolotl.cli.preprocess", str(RECIPES / "demo-cpu.yml"),

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import report
+from icd10_coder import stats
 from icd10_coder.scoring import METRICS, score_codes
 
 GOLD = ["M25.562", "E11.9", "I10", "J06.9", "N39.0", "K21.9", "F41.1", "M54.50", "E11.9", "I10"]
@@ -57,7 +58,7 @@ def test_report_tables_intervals_and_missing_approach(tmp_path, eval_dir):
     assert finetuned["model"] == "base + adapter" and finetuned["n"] == 10
     exact = finetuned["metrics"]["exact_match"]
     assert exact["mean"] == 0.8
-    low, high = report.wilson(8, 10)
+    low, high = stats.wilson(8, 10)
     assert (exact["ci95_low"], exact["ci95_high"]) == pytest.approx((low, high))
     assert 0.49 < low < 0.5 and 0.94 < high < 0.95  # the textbook Wilson interval for 8/10
     md = (tmp_path / "report" / "report.md").read_text()
@@ -74,7 +75,7 @@ def test_paired_test_is_an_exact_mcnemar(tmp_path, eval_dir):
     assert (exact["a_only"], exact["b_only"], exact["n_paired"]) == (0, 8, 10)
     assert exact["p_value"] == pytest.approx(2 * 0.5**8)
     assert exact["difference_b_minus_a"] == pytest.approx(0.8)
-    assert report.mcnemar({"a": 1}, {"a": 1})["p_value"] == 1.0
+    assert stats.mcnemar({"a": 1}, {"a": 1})["p_value"] == 1.0
 
 
 def test_no_results_is_a_clear_error(tmp_path):
@@ -98,3 +99,24 @@ def test_runs_are_logged_to_the_workspace_mlflow_store(tmp_path, eval_dir, monke
     artifacts = {a.path for a in client.list_artifacts(runs["eval-finetuned-slm"].info.run_id, "report")}
     assert "report/summary.json" in artifacts
     assert (tmp_path / "ws" / "mlflow-artifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
+def test_statistics_match_the_figures_of_the_former_hand_written_formulas():
+    """stats.py now calls statsmodels; on fixed inputs it gives the figures the project's own formulas gave
+    (recorded from them before the change), so no earlier report's numbers move."""
+    from icd10_coder import stats
+
+    for (successes, n), expected in {(0, 10): (0.0, 0.2775327998628892), (3, 10): (0.10779126740630099,
+                                     0.6032218525388546), (10, 10): (0.7224672001371107, 1.0),
+                                     (50, 210): (0.1855207883191717, 0.30007942874521476),
+                                     (1, 1): (0.20654931437723745, 1.0)}.items():
+        assert stats.wilson(successes, n) == pytest.approx(expected, abs=1e-12)
+    a = {str(i): v for i, v in enumerate([1, 1, 0, 0, 1, 0, 1, 1])}
+    b = {str(i): v for i, v in enumerate([0, 1, 1, 0, 0, 0, 1, 0])}
+    test = stats.mcnemar(a, b)
+    assert (test["a_only"], test["b_only"], test["n_paired"]) == (3, 1, 8)
+    assert test["p_value"] == pytest.approx(0.625, abs=1e-12)
+    assert stats.mcnemar({"x": 1}, {"x": 1})["p_value"] == 1.0
+    tests = [{"p_value": p} for p in (0.01, 0.04, 0.03, 0.5)]
+    stats.holm(tests)
+    assert [t["p_holm"] for t in tests] == pytest.approx([0.04, 0.09, 0.09, 0.5], abs=1e-12)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 import report
 import run_eval
+from icd10_coder import reporting
 from icd10_coder.codes import normalize_code
 from icd10_coder.dialogue import clean_dialogue
 from icd10_coder.offline import subprocess_env
@@ -78,7 +79,7 @@ def test_fused_retriever_beats_descriptions_alone_on_real_dialogues(medsynth_sam
 
 
 def test_prepare_shortlist_puts_candidates_in_every_split_and_keeps_the_gold_answer(tmp_path):
-    out = prepare_demo(tmp_path / "prepared-shortlist", "--shortlist", "3")
+    out = prepare_templated(tmp_path / "prepared-shortlist", "--shortlist", "3")
     card = json.loads((out / "data_card.json").read_text())
     assert card["shortlist"]["k"] == 3 and set(card["shortlist"]["recall_at_k"]) == {"train", "val", "test"}
     assert "Shortlist in every prompt" in (out / "data_card.md").read_text()
@@ -95,7 +96,7 @@ def test_prepare_shortlist_puts_candidates_in_every_split_and_keeps_the_gold_ans
 
 def test_retrieval_is_an_approach_scored_by_the_same_task(tmp_path):
     space = Workspace.at(tmp_path / "ws")
-    prepare_demo(space.prepared)
+    prepare_templated(space.prepared)
     result = subprocess.run([sys.executable, "tools/run_eval.py", "--workspace", str(space.root),
                              "recipes/eval/retrieval.yml"], cwd=REPO, env=subprocess_env(hub_offline=True),
                             capture_output=True, text=True, timeout=600)
@@ -120,8 +121,8 @@ def test_shortlist_runs_get_their_own_approach_names(tmp_path):
                                   shortlist=True)
     assert config["output_path"] == str(space.eval_dir / "baseline-slm-shortlist")
     assert config["metadata"]["data_dir"] == str(space.prepared_shortlist)
-    assert report.label("baseline-slm-shortlist") == "Baseline SLM + shortlist"
-    assert report.label("retrieval") == "Retrieval (no model)"
+    assert reporting.label("baseline-slm-shortlist") == "Baseline SLM + shortlist"
+    assert reporting.label("retrieval") == "Retrieval (no model)"
 
 
 def test_predict_refuses_to_prompt_an_adapter_unlike_its_training(tmp_path, embedded_model):

@@ -11,10 +11,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import prepare_demo
+from conftest import prepare_templated
 
-import prepare
 from icd10_coder.offline import subprocess_env
+from icd10_coder.preparation import Example
+from icd10_coder.records import training_record
 from icd10_coder.scoring import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +24,13 @@ TASKS = str(REPO / "tasks")
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
-    return prepare_demo(tmp_path_factory.mktemp("prepared"))
+    return prepare_templated(tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture(scope="module")
 def shortlist_data(tmp_path_factory) -> Path:
     """Demo data whose prompts carry a top-5 retrieval shortlist."""
-    return prepare_demo(tmp_path_factory.mktemp("prepared-shortlist"), "--shortlist", "5")
+    return prepare_templated(tmp_path_factory.mktemp("prepared-shortlist"), "--shortlist", "5")
 
 
 def first_test_row(data: Path) -> dict:
@@ -85,9 +86,9 @@ def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, 
 
     demo_data = shortlist_data if variant == "shortlist" else demo_data
     row = first_test_row(demo_data)
-    example = prepare.Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable",
-                              candidates=tuple(row["candidates"]))
-    training = prepare.training_record(example)["messages"]
+    example = Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable",
+                      candidates=tuple(row["candidates"]))
+    training = training_record(example)["messages"]
     assert ("Candidate codes" in row["user"]) == (variant == "shortlist") and len(row["candidates"]) in (0, 5)
 
     task = task_manager(demo_data).load_task_or_group(["icd10_medsynth"])

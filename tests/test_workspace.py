@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import prepare_demo
+from conftest import prepare_templated
 
 import prepare
 import report
 import run_eval
 import train
+from icd10_coder import stats
 from icd10_coder.paths import REPO_ROOT, display_path
 from icd10_coder.workspace import DEMO_WORKSPACE, WORKSPACE_ENV, Workspace
 
@@ -161,7 +162,7 @@ def test_report_shows_unseen_codes_as_their_own_table_without_machine_paths(tmp_
 
 def test_holm_correction_is_the_textbook_step_down():
     tests = [{"p_value": p} for p in (0.01, 0.04, 0.03, 0.005)]
-    report.holm(tests)
+    stats.holm(tests)
     # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone: 0.06
     assert [t["p_holm"] for t in tests] == pytest.approx([0.03, 0.06, 0.06, 0.02])
 
@@ -169,16 +170,16 @@ def test_holm_correction_is_the_textbook_step_down():
 def test_better_means_better_for_a_lower_is_better_metric():
     # A fails to parse on items 1 and 2, B on none: B is the better one there.
     a, b = {"1": 1, "2": 1, "3": 0}, {"1": 0, "2": 0, "3": 0}
-    result = report.mcnemar(a, b, lower_is_better=True)
+    result = stats.mcnemar(a, b, lower_is_better=True)
     assert (result["a_only"], result["b_better"], result["a_better"]) == (2, 2, 0)
-    assert report.mcnemar(a, b)["a_better"] == 2
+    assert stats.mcnemar(a, b)["a_better"] == 2
 
 
 def long_rows(n: int = 12) -> list[dict[str, str]]:
     codes = ["E11.9", "I10", "J06.9", "N39.0"]
     rows = [{"Dialogue": f"[doctor] How are you? [patient] Tired, case {i}.", "ICD10": codes[i % 4]}
             for i in range(n)]
-    rows[0]["Dialogue"] = "[patient] " + "my knee hurts and the pain keeps me awake at night " * 80
+    rows[0]["Dialogue"] = "[patient] " + "my knee hurts and the pain keeps me awake at night " * 200
     return rows
 
 
@@ -190,18 +191,18 @@ def test_prepare_counts_and_warns_about_rows_longer_than_a_recipe_allows(tmp_pat
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "out" / "data_card.json").read_text())
     over = card["token_lengths"]["over_sequence_len"]
-    assert over["recipes/demo-cpu.yml"] == {"sequence_len": 512, "train": 1}
-    assert over["recipes/qlora.yml"]["train"] == 0
-    assert "recipes/demo-cpu.yml (sequence_len 512) drops 1 train row(s)" in result.output
-    assert "recipes/qlora.yml (sequence_len" not in result.output
-    assert "| `recipes/demo-cpu.yml` | 512 | 1 |" in (tmp_path / "out" / "data_card.md").read_text()
+    # One ~2,200-token row among short ones: every 2048-token recipe counts exactly that one.
+    assert over["recipes/demo-cpu.yml"] == {"sequence_len": 2048, "train": 1}
+    assert over["recipes/qlora.yml"] == {"sequence_len": 2048, "train": 1}
+    assert "recipes/demo-cpu.yml (sequence_len 2048) drops 1 train row(s)" in result.output
+    assert "| `recipes/demo-cpu.yml` | 2048 | 1 |" in (tmp_path / "out" / "data_card.md").read_text()
 
 
 def test_prepare_creates_the_mlflow_experiment_with_artifacts_beside_the_store(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
-    prepare_demo(tmp_path / "elsewhere")  # --out: no workspace store touched
+    prepare_templated(tmp_path / "elsewhere")  # --out: no workspace store touched
     assert not (tmp_path / "ws").exists()
     result = CliRunner().invoke(prepare.main, ["--demo", "--tokenizer", "none", "--workspace", str(tmp_path / "ws")])
     assert result.exit_code == 0, result.output

@@ -1,12 +1,16 @@
 """The coder's workbench in the browser (``make app``): dialogue in, ranked codes with evidence and confidence,
 accept / override / reject, an audit trail. Everything stays on this machine.
 
-    python tools/app.py                                   # make demo's adapter, http://127.0.0.1:7860
+    python tools/app.py                                   # make demo's served approach, http://127.0.0.1:7860
     python tools/app.py --adapter outputs/adapters/qlora --base-model HuggingFaceTB/SmolLM2-1.7B-Instruct
 
-The page calls the same predictor as ``tools/predict.py`` (``icd10_coder.predictor``): same
-prompts, constrained decoding, parser, shortlist. Confidence bands show the accuracy ``make
-bench`` measured for each band (stage ``app``) when it was measured for this adapter. Evidence
+The page calls the same predictor as ``tools/predict.py`` (``icd10_coder.predictor``): by default
+``make demo``'s served approach (``<demo workspace>/serving.json``): the retrieval shortlist, choice
+by likelihood and fusion, scored by ``icd10_coder.choice.score_shortlist`` exactly as it was
+evaluated, with the probability calibrated on dev. Confidence bands show the accuracy measured for
+each band on held-out real test rows; below the lowest band the page says "not sure — search the
+codes". An adapter without a scoring record falls back to constrained beam search (bands from
+``make bench``). Evidence
 sentences come from ``icd10_coder.evidence``; code search from ``icd10_coder.codes.search``.
 Decisions append to ``<workspace>/audit/decisions.jsonl`` (owner-only; no dialogue text, only
 its hash). Batch results land in ``<workspace>/app/`` (owner-only). The server binds to
@@ -28,13 +32,14 @@ from typing import Any
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import audit, calibration  # noqa: E402
+from icd10_coder import audit, calibration, serving  # noqa: E402
 from icd10_coder.codes import chapter_title, description, search, validity  # noqa: E402
 from icd10_coder.evidence import evidence, highlighted  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, private_folder  # noqa: E402
 from icd10_coder.predictor import (  # noqa: E402
     DEFAULT_ADAPTER,
+    DEFAULT_SERVING,
     PredictionError,
     Suggester,
     check_length,
@@ -95,6 +100,11 @@ class Workbench:
         status = (f"{len(codes)} suggestion(s) in {time.perf_counter() - started:.1f} s. Highlighted: sentences "
                   "that share words with each code's description or inclusion terms." if codes else
                   "**No ICD-10-CM code in the model's answer.** Search for a code below.")
+        if result.get("not_sure"):
+            status = (f"**Not sure — search the codes.** The top suggestion's probability, "
+                      f"{result['codes'][0]['confidence']:.2f}, is in the band where suggestions were mostly wrong "
+                      f"({self.band_text(result['codes'][0]['confidence'])}); the right code may not be on the "
+                      "shortlist at all. Use the search below. " + status)
         state = {"dialogue": dialogue, "suggestions": result["codes"]}
         return status, self.table(result["codes"], dialogue), highlighted(dialogue, codes), codes, state
 
@@ -115,6 +125,8 @@ class Workbench:
             words = ", ".join(found[0][1]) if found else "no matching sentence"
             extra = (f"<br><small>over the shortlist: {c['shortlist_probability']:.2f}</small>"
                      if c.get("shortlist_probability") is not None else "")
+            if c.get("fused_score") is not None:
+                extra = f"<br><small>fused score {c['fused_score']:.2f}</small>"
             confidence = "" if c["confidence"] is None else f"{c['confidence']:.2f}"
             rows.append(
                 f"<tr data-code='{c['code']}'><td>{c['rank']}</td><td><b>{c['code']}</b></td>"
@@ -207,15 +219,24 @@ class Workbench:
 
 
 def measured_bands(suggester: Suggester, bench_file: Path = BENCH_FILE) -> tuple[dict[str, Any], str]:
-    """Band accuracies ``make bench`` measured for this adapter, per split ("real dialogues", "demo"), and a line
-    saying where they come from."""
+    """Band accuracies measured for what is served, and a line saying where they come from: the served scoring
+    record's held-out real test rows (tools/fuse.py), else what ``make bench`` measured for this adapter per split
+    ("real dialogues", "demo")."""
+    measured = (suggester.record or {}).get("test_calibration") or {}
+    if suggester.chooses and measured.get("bands"):
+        return ({"real test dialogues": measured["bands"]},
+                f"Suggestions: {suggester.record['approach']} (choice by likelihood among the top "
+                f"{suggester.record['shortlist_k']} retrieval candidates, fused with retrieval, weight "
+                f"{suggester.record['fusion_weight']}, temperature {suggester.record['temperature']}: all chosen on "
+                f"dev). Confidence calibrated on dev and measured on {measured['n']} held-out real test dialogues: "
+                f"top-1 right {measured['accuracy']:.0%}, ECE {measured['ece']}.")
     if not bench_file.is_file():
         return {}, "Confidence bands are not measured yet: run `make bench`."
     stage = json.loads(bench_file.read_text()).get("app") or {}
     wanted = audit.adapter_hash(suggester.adapter)
     found = {}
     notes = []
-    for split, title in (("real", "real dialogues"), ("demo", "demo")):
+    for split, title in (("real", "real dialogues"), ("demo test", "demo test dialogues")):
         measured = stage.get("calibration", {}).get(split) or {}
         if measured.get("adapter_sha256") == wanted and measured.get("bands"):
             found[title] = measured["bands"]
@@ -291,10 +312,15 @@ def build(bench: Workbench, note: str):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--adapter", default=None, metavar="DIR|none",
-              help=f"LoRA adapter folder. Default: {display_path(DEFAULT_ADAPTER)} (make demo's) if it exists; "
-                   "'none' for the base model alone.")
-@click.option("--base-model", default=str(EMBEDDED_MODEL), show_default=True,
-              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model).")
+              help=f"LoRA adapter folder (its {serving.SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "
+                   f"Default: the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
+                   f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone.")
+@click.option("--base-model", default=None,
+              help=f"Base model: a local folder, or a hub id already in the local cache (the recipe's base_model). "
+                   f"Default: the served record's, else {display_path(EMBEDDED_MODEL)}.")
+@click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused result's "
+                   f"scoring.json. Default: {display_path(DEFAULT_SERVING)}.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 10), default=TOP_K, show_default=True, help="Codes suggested.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -304,13 +330,15 @@ def build(bench: Workbench, note: str):
 @click.option("--listen-all", is_flag=True,
               help="Bind to every network interface instead of 127.0.0.1: other machines can then reach the page "
                    "and the dialogues typed into it. Only behind your own access control.")
-def main(adapter: str | None, base_model: str, port: int, top_k: int, device: str, workspace: str | None,
+def main(adapter: str | None, base_model: str | None, serving_file: Path | None, port: int, top_k: int, device: str,
+         workspace: str | None,
          listen_all: bool) -> None:
     """Serve the coder's workbench on http://127.0.0.1:PORT."""
     apply_offline_env(hub_offline=True)
     try:
         space = Workspace.at(workspace)
-        suggester = load_suggester(base_model, adapter, device=device, workspace=space)
+        suggester = load_suggester(base_model, adapter, device=device, workspace=space,
+                                   serving_file=serving_file or DEFAULT_SERVING)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     bands, note = measured_bands(suggester)

@@ -1,16 +1,18 @@
-"""The whole comparison, offline, on embedded defaults (``make demo``).
+"""The whole comparison, offline, on the embedded real MedSynth rows (``make demo``).
 
-prepare --demo (plain prompts, and prompts with the top-10 retrieval shortlist) -> axolotl
-training of recipes/demo-cpu.yml and recipes/demo-cpu-shortlist.yml -> lm-eval of Retrieval
-(no model), the Baseline SLM and the Finetuned SLM, each SLM with and without the shortlist
--> the Baseline LLM through a real OpenAI-compatible server on 127.0.0.1 (``transformers
-serve`` with the embedded model standing in for the large model), with and without the
-shortlist -> report. Each stage is the same command a user would type; this script only
-chains them, serves the local endpoint and records how long each stage took. To stay
-within ~15 minutes on 2 cores, the shortlist leg trains one epoch instead of the recipe's two.
+prepare --demo (100 real dialogues, split by category so every test code and its siblings are
+never trained on; prompts with the top-10 retrieval shortlist) -> a few steps of axolotl LoRA on
+the training rows (recipes/demo-cpu-shortlist.yml) -> lm-eval: Retrieval (no model), the Baseline
+and Finetuned SLM choosing by likelihood among the shortlist, on the dev (validation) split, then
+on the test split -> tools/fuse.py: the fusion weight and the calibration temperature chosen on
+dev, applied once to test -> the Baseline LLM through a real OpenAI-compatible server on
+127.0.0.1 (``transformers serve`` with the embedded model standing in for the large model) ->
+report. The approach best on dev becomes what ``make app`` and ``tools/predict.py`` serve
+(``<workspace>/serving.json``). Each stage is the same command a user would type; this script
+only chains them, serves the local endpoint and records how long each stage took.
 
 Everything happens in the demo's own workspace (default ``outputs/demo/``): the real
-run's ``data/prepared/``, ``outputs/adapters/``, ``outputs/eval/``, ``outputs/report/``
+run's ``data/prepared*/``, ``outputs/adapters/``, ``outputs/eval/``, ``outputs/report/``
 and ``outputs/mlflow.db`` are never read or written.
 """
 
@@ -30,15 +32,22 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder import serving  # noqa: E402
 from icd10_coder.offline import workspace_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
 from icd10_coder.stages import run  # noqa: E402
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
-RECIPE = "recipes/demo-cpu.yml"
-SHORTLIST_RECIPE = "recipes/demo-cpu-shortlist.yml"
+RECIPE = "recipes/demo-cpu-shortlist.yml"
 SHORTLIST_K = 10
-SLM_CONFIGS = ["recipes/eval/baseline-slm.yml", "recipes/eval/finetuned-slm.yml"]
+# The demo's split of its 100 real rows: whole categories, ~20% dev and ~30% test.
+PREPARE_ARGS = ["--demo", "--group-by", "category", "--val-fraction", "0.2", "--test-fraction", "0.3",
+                "--shortlist", str(SHORTLIST_K), "--shortlist-neighbours", "0"]
+# LoRA steps of 2 real dialogues (~25-30 s each on 2 cores): what fits the demo's ~15 minutes.
+TRAIN_STEPS = 8
+CHOICE_CONFIGS = ["recipes/eval/baseline-slm-choice.yml", "recipes/eval/finetuned-slm-choice.yml"]
+FUSED = ["baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist"]
+FUSED_SUFFIX = "-fused"  # tools/fuse.py's results folder: eval/<name>-fused/
 TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
 
@@ -58,7 +67,7 @@ def local_openai_server(model: Path, workspace: Workspace, timeout_s: float = 18
     with log.open("w") as handle:
         server = subprocess.Popen(
             [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--dtype", "float32", str(model)],
+             "--dtype", "float32", display_path(model)],  # pinned: requests must name it the same way
             stdout=handle, stderr=subprocess.STDOUT, env=workspace_env(workspace, hub_offline=True), cwd=REPO_ROOT)
         try:
             deadline = time.monotonic() + timeout_s
@@ -83,6 +92,15 @@ def local_openai_server(model: Path, workspace: Workspace, timeout_s: float = 18
                 server.kill()
 
 
+def choose_served(space: Workspace) -> dict:
+    """The fused approach best on dev becomes the workspace's served default (``serving.json``)."""
+    records = [serving.read_record(space.eval_dir / f"{name}{FUSED_SUFFIX}") for name in FUSED]
+    records = [r for r in records if r is not None]
+    best = serving.best_on_dev(records)
+    serving.write_serving(space.serving_file, best, records)
+    return best
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--workspace", default=str(DEMO_WORKSPACE.relative_to(REPO_ROOT)), show_default=True, metavar="DIR",
               help="The demo's own workspace; its earlier demo results are replaced. Never the checkout itself.")
@@ -104,33 +122,34 @@ def main(workspace: str, skip_llm: bool) -> None:
     ws = ["--workspace", str(space.root)]
     # Earlier demo results would mix into this report; axolotl's token cache would hide
     # freshly prepared data. Only the demo's own workspace is touched.
-    for stale in (space.eval_dir, space.report_dir, space.axolotl_cache, space.adapters_dir):
+    for stale in (space.eval_dir, space.validation_dir, space.report_dir, space.axolotl_cache, space.adapters_dir):
         shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
-    run("prepare", [python, "tools/prepare.py", "--demo", *ws], timings, space)
-    run("prepare with shortlist", [python, "tools/prepare.py", "--demo", "--shortlist", str(SHORTLIST_K), *ws],
+    run("prepare (embedded real rows, shortlist)", [python, "tools/prepare.py", *PREPARE_ARGS, *ws], timings, space)
+    run(f"train ({TRAIN_STEPS} LoRA steps)", [python, "tools/train.py", RECIPE, *ws, f"--max_steps={TRAIN_STEPS}"],
         timings, space)
-    run("train", [python, "tools/train.py", RECIPE, *ws], timings, space)
-    run("train with shortlist (1 epoch)", [python, "tools/train.py", SHORTLIST_RECIPE, *ws, "--num_epochs=1"],
-        timings, space)
-    run("eval retrieval + baseline-slm + finetuned-slm",
-        [python, "tools/run_eval.py", *ws, "recipes/eval/retrieval.yml", *SLM_CONFIGS], timings, space)
-    run("eval with shortlist: baseline-slm + finetuned-slm",
-        [python, "tools/run_eval.py", *ws, "--shortlist", "--recipe", SHORTLIST_RECIPE, *SLM_CONFIGS], timings, space)
+    run("eval retrieval", [python, "tools/run_eval.py", *ws, "--shortlist", "--model-arg", "neighbours=0",
+                           "recipes/eval/retrieval.yml"], timings, space)
+    choice = [python, "tools/run_eval.py", *ws, "--shortlist", "--recipe", RECIPE]
+    run("eval on dev: baseline + finetuned choice", [*choice, "--split", "val", *CHOICE_CONFIGS], timings, space)
+    run("eval on test: baseline + finetuned choice", [*choice, *CHOICE_CONFIGS], timings, space)
+    for name in FUSED:
+        run(f"fuse {name}", [python, "tools/fuse.py", name, *ws], timings, space)
+    served = choose_served(space)
     if not skip_llm:
         llm_started = time.perf_counter()
         with local_openai_server(EMBEDDED_MODEL, space) as url:
             timings["llm server start"] = round(time.perf_counter() - llm_started, 1)
             llm = ["recipes/eval/baseline-llm.yml", "--model-arg", f"base_url={url}", "--model-arg",
-                   f"model={EMBEDDED_MODEL}", "--model-arg", "num_concurrent=1"]
-            run("eval baseline-llm (local OpenAI-compatible server)", [python, "tools/run_eval.py", *ws, *llm],
-                timings, space)
-            run("eval baseline-llm with shortlist", [python, "tools/run_eval.py", *ws, "--shortlist", *llm],
-                timings, space)
+                   f"model={display_path(EMBEDDED_MODEL)}", "--model-arg", "num_concurrent=1"]
+            run("eval baseline-llm with shortlist (local OpenAI-compatible server)",
+                [python, "tools/run_eval.py", *ws, "--shortlist", *llm], timings, space)
     run("report", [python, "tools/report.py", *ws], timings, space)
     timings["total"] = round(time.perf_counter() - started, 1)
     (space.report_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     click.secho("\nDemo finished. Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), bold=True)
+    click.echo(f"Served by `make app` / tools/predict.py: {served['approach']} (dev exact match "
+               f"{served['chosen_on']['exact_match']:.3f}; {display_path(space.serving_file)})")
     click.echo(f"Report: {display_path(space.report_dir)}/report.md; MLflow: mlflow ui --backend-store-uri "
                f"{space.recipe_tracking_uri()}")
 

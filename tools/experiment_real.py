@@ -61,7 +61,8 @@ DEFAULTS = Settings()
 @click.option("--quick", is_flag=True, help="Fewer rows per fold (" + ", ".join(f"{k} {v}" for k, v in QUICK.items())
               + "): ~20 min; never writes the docs.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
-              help="Write the tables into docs/generated/experiment-real.md, README.md and GUIDE.md.")
+              help="Write the tables into docs/generated/experiment-real.md (GUIDE.md) and "
+                   "experiment-real-summary.md (README.md).")
 def main(workspace: str, folds: int, seed: int, train_rows: int, dev_rows: int, test_rows: int, sibling_rows: int,
          shortlist_k: int, epochs: int, max_steps: int | None, variants: tuple[str, ...], quick: bool,
          docs: bool) -> None:
@@ -115,9 +116,12 @@ def main(workspace: str, folds: int, seed: int, train_rows: int, dev_rows: int, 
     (space.report_dir / "report.md").write_text("# Real-data experiment\n\n" + text)
     click.echo("\n" + text)
     if docs:
+        from icd10_coder.experiment import readme_summary
         from icd10_coder.generated import write_generated
 
-        click.echo(f"wrote {display_path(write_generated('experiment-real', text))} and the README/GUIDE blocks")
+        write_generated("experiment-real-summary", readme_summary(header, results))
+        click.echo(f"wrote {display_path(write_generated('experiment-real', text))} (GUIDE), "
+                   "experiment-real-summary.md (README) and their blocks")
     click.secho(f"\nExperiment finished in {minutes:.0f} min. Report: {display_path(space.report_dir)}/report.md",
                 bold=True)
 

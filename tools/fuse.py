@@ -6,11 +6,15 @@
 
 Reads the per-candidate log-likelihoods lm-eval logged for the validation split
 (``<workspace>/eval-val/NAME``), picks the fusion weight with the best validation exact match
-(``icd10_coder.choice.choose_weight``: 0 = the retriever's order, 1 = the model's), then applies
-that one weight to the test samples already logged in ``<workspace>/eval/NAME`` (no model runs
-again) and writes ``<workspace>/eval/NAME-fused/``: results and per-sample logs in lm-eval's
-layout (scored by ``icd10_coder.scoring``, so the report treats it as any approach) and
-``fusion.json`` with the weight, the validation curve and where everything came from.
+(``icd10_coder.choice.choose_weight``: 0 = the retriever's order, 1 = the model's) and the softmax
+temperature that makes the top candidate's probability a calibrated confidence
+(``choice.fit_temperature``), then applies both to the test samples already logged in
+``<workspace>/eval/NAME`` (no model runs again; ``choice.score_shortlist``, the function predict
+and the app serve with) and writes ``<workspace>/eval/NAME-fused/``: results and per-sample logs
+in lm-eval's layout (scored by ``icd10_coder.scoring``, so the report treats it as any approach),
+``fusion.json`` with the weight, the validation curve, the calibration measured on test and where
+everything came from, and the scoring record (``scoring.json``, and ``icd10_scoring.json`` in the
+adapter's folder) that predict and the app read (``icd10_coder.serving``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import click
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import choice  # noqa: E402
+from icd10_coder import approach, calibration, choice, serving  # noqa: E402
 from icd10_coder.paths import display_path, make_private, newest  # noqa: E402
 from icd10_coder.scoring import METRICS, score_codes  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
@@ -57,14 +61,35 @@ def scored_rows(samples: list[dict[str, Any]]) -> list[tuple[list[str], list[flo
     return rows
 
 
-def fused_samples(samples: list[dict[str, Any]], weight: float) -> list[dict[str, Any]]:
-    """The test samples re-ranked with the fused score, scored like every answer."""
+def scored_samples(samples: list[dict[str, Any]], scoring: choice.Scoring) -> list[list[choice.Scored]]:
+    """Each sample's shortlist scored as predict and the app score it."""
+    return [choice.score_shortlist(doc["candidates"], choice.sample_loglikelihoods(sample),
+                                   choice.retrieval_scores(doc), scoring)
+            for sample in samples for doc in [sample["doc"]]]
+
+
+def calibration_rows(samples: list[dict[str, Any]], scoring: choice.Scoring) -> list[tuple[list[float], bool]]:
+    """(fused scores, top candidate right) per sample: what the temperature is fitted on."""
+    return [([s.fused for s in scored], bool(scored) and scored[0].code == sample["doc"]["gold_code"])
+            for sample, scored in zip(samples, scored_samples(samples, scoring), strict=True)]
+
+
+def fused_samples(samples: list[dict[str, Any]], scoring: choice.Scoring) -> list[dict[str, Any]]:
+    """The test samples re-ranked with the fused score, scored like every answer, with each candidate's
+    probability (the report's calibration reads it)."""
     out = []
-    for sample, (candidates, model, retrieval, gold) in zip(samples, scored_rows(samples), strict=True):
-        ranked = choice.rank(candidates, choice.fused_scores(model, retrieval, weight))
+    for sample, scored in zip(samples, scored_samples(samples, scoring), strict=True):
+        gold = sample["doc"]["gold_code"]
+        ranked = [s.code for s in scored]
         out.append({"doc_id": sample.get("doc_id"), "doc": sample["doc"], "target": gold,
-                    "filtered_resps": [", ".join(ranked)], **score_codes(gold, ranked)})
+                    "filtered_resps": [", ".join(ranked)], "probabilities": [round(s.probability, 6) for s in scored],
+                    **score_codes(gold, ranked)})
     return out
+
+
+def confidence_pairs(samples: list[dict[str, Any]]) -> list[tuple[float, bool]]:
+    """(top candidate's probability, was it right) per fused sample."""
+    return [(s["probabilities"][0], bool(s["exact_match"])) for s in samples if s.get("probabilities")]
 
 
 def means(samples: list[dict[str, Any]]) -> dict[str, float]:
@@ -96,6 +121,11 @@ def main(name: str, workspace: str | None) -> None:
     weight, curve = choice.choose_weight(scored_rows(validation))
     click.echo(f"fusion weight {weight} (validation exact match {curve[weight]:.3f} over {len(validation)} rows; "
                f"retriever alone {curve[0.0]:.3f}, model alone {curve[1.0]:.3f})")
+    weighted = choice.Scoring(normalisation="per_char", fusion_weight=weight)
+    temperature = choice.fit_temperature(calibration_rows(validation, weighted))
+    scoring = choice.Scoring(normalisation="per_char", fusion_weight=weight, temperature=temperature)
+    dev_calibration = calibration.measure(confidence_pairs(fused_samples(validation, scoring)))
+    click.echo(f"temperature {temperature} (dev ECE {dev_calibration['ece']})")
     out = space.eval_dir / (name + FUSED_SUFFIX)
     out.mkdir(parents=True, exist_ok=True)
     os.umask(0o077)
@@ -104,8 +134,10 @@ def main(name: str, workspace: str | None) -> None:
     model_args = {**(recorded.get("model_args") or {}), "fusion_weight": weight}
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%S")
     results: dict[str, Any] = {"results": {}, "n-samples": {}, "config": {"model": "fused", "model_args": model_args}}
+    pairs: list[tuple[float, bool]] = []
     for task, path in tests.items():
-        samples = fused_samples(read_samples(path), weight)
+        samples = fused_samples(read_samples(path), scoring)
+        pairs += confidence_pairs(samples)
         with (out / f"samples_{task}_{stamp}.jsonl").open("w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
         results["results"][task] = {"alias": task, **means(samples)}
@@ -115,12 +147,35 @@ def main(name: str, workspace: str | None) -> None:
     (out / f"results_{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "run_config.yml").write_text(yaml.safe_dump({**recorded, "approach": out.name, "model_args": model_args},
                                                        sort_keys=False))
+    test_calibration = calibration.measure(pairs)
+    click.echo(f"test calibration: ECE {test_calibration['ece']} over {test_calibration['n']} rows")
     (out / "fusion.json").write_text(json.dumps({
         "weight": weight, "chosen_on": display_path(val_log), "validation_rows": len(validation),
         "validation_exact_match_by_weight": {str(w): v for w, v in curve.items()},
         "rule": "best validation exact match; ties to the weight nearest 0.5",
         "scores": "weight * minmax(log-likelihood per char) + (1 - weight) * minmax(retrieval score), per shortlist",
+        "temperature": temperature, "temperature_rule": "least log loss of top-1 correctness on the validation rows",
+        "dev_calibration": dev_calibration, "test_calibration": test_calibration,
         "test_samples": {t: display_path(p) for t, p in tests.items()}}, indent=2) + "\n")
+    base = approach.read(test_dir) or approach.record(  # results from before approach records existed
+        name=name, config=recorded, shortlist=True, split="test", data_card=None, adapter_dir=None,
+        source_config=str(recorded.get("source_config", "")))
+    approach.write(out, approach.fused(base, out.name, {**scoring.as_record(), "chosen_on": "val",
+                                                        "validation_rows": len(validation)}))
+    adapter = serving.resolve(model_args.get("peft"))
+    card_file = serving.resolve((recorded.get("metadata") or {}).get("data_dir")) or space.prepared_shortlist
+    card = json.loads((card_file / "data_card.json").read_text()) if (card_file / "data_card.json").is_file() else {}
+    if card.get("shortlist"):
+        record = serving.scoring_record(
+            approach=out.name, base_model=model_args.get("pretrained"), adapter=model_args.get("peft"),
+            shortlist=card["shortlist"], scoring=scoring.as_record(),
+            dev={"split": "val", "rows": len(validation), "exact_match": curve[weight],
+                 "calibration": dev_calibration},
+            test_calibration={**test_calibration, "split": "test", "note": "measured after every choice, never used"})
+        serving.write_record(record, out, adapter if adapter and (adapter / "adapter_config.json").is_file() else None)
+    else:
+        click.secho(f"no shortlist in {display_path(card_file)}/data_card.json: no scoring record written",
+                    fg="yellow", err=True)
     make_private(out)
     click.echo(f"-> {display_path(out)}")
 

@@ -5,10 +5,15 @@
     python tools/predict.py batch.jsonl --json           # one {"dialogue": ...} per line
 
 The predictor lives in ``icd10_coder.predictor`` (the app, ``make app``, uses the same one):
-same prompt templates, dialogue clean-up and answer parser as training and evaluation.
-With --constrain (default) decoding may only start with a real billable ICD-10-CM code;
-beam search gives the ranked alternatives (the first code of each beam) and each code's
-confidence (its share of the beams' probability mass). On a GPU
+same prompt templates, dialogue clean-up, shortlist and scoring as training and evaluation.
+By default it serves what ``make demo`` evaluated best on dev (``<demo workspace>/serving.json``),
+or the scoring record of ``--adapter DIR`` (``icd10_scoring.json``, written by ``tools/fuse.py``):
+the retrieval shortlist, one prompt pass scoring every candidate (choice by likelihood), fusion
+with the retriever and a probability calibrated on dev (``icd10_coder.choice.score_shortlist``);
+below 0.3 it says "not sure — search the codes". Without a record (or with ``--generate``) the
+model generates: with --constrain (default) decoding may only start with a real billable
+ICD-10-CM code; beam search gives the ranked alternatives and each code's confidence (its share
+of the beams' probability mass). On a GPU
 (``--device auto``) the model runs in bf16 (fp16 on T4/V100) and JSONL input is generated
 in batches (``--batch-size``); ``--engine vllm`` hands large batches to vLLM.
 """
@@ -29,12 +34,14 @@ from icd10_coder.offline import apply_offline_env  # noqa: E402
 from icd10_coder.paths import EMBEDDED_MODEL, display_path  # noqa: E402
 from icd10_coder.predictor import (  # noqa: E402
     DEFAULT_ADAPTER,
+    DEFAULT_SERVING,
     PredictionError,
     Predictor,
     load_suggester,
     read_dialogues,
 )
 from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
+from icd10_coder.serving import SCORING_RECORD  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 
@@ -42,16 +49,26 @@ def human(result: dict[str, Any]) -> str:
     lines = [f"{c['rank']}. {c['code']:<9} {c['description'] or '(not in ICD-10-CM)'}  [{c['validity']}]"
              + (f"  confidence {c['confidence']:.2f}" if c.get("confidence") is not None else "")
              for c in result["codes"]] or ["(no ICD-10-CM code in the model's answer)"]
+    if result.get("scored_by"):
+        verdict = "not sure — search the codes" if result.get("not_sure") else f"{result['band']} confidence"
+        return "\n".join(lines + [f"{verdict} ({result['scored_by']})"])
     return "\n".join(lines + [f"model answer: {result['raw_answer']!r}"])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("source", metavar="FILE|-")
 @click.option("--adapter", default=None, metavar="DIR|none",
-              help=f"LoRA adapter folder. Default: {display_path(DEFAULT_ADAPTER)} (make demo's) if it exists; "
-                   "'none' for the base model alone.")
-@click.option("--base-model", default=str(EMBEDDED_MODEL), show_default=True,
-              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model).")
+              help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). Default: "
+                   f"the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
+                   f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone.")
+@click.option("--base-model", default=None,
+              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model). "
+                   f"Default: the served record's, else {display_path(EMBEDDED_MODEL)}.")
+@click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused result's "
+                   f"scoring.json. Default: {display_path(DEFAULT_SERVING)}.")
+@click.option("--generate", is_flag=True,
+              help="Generate with beam search instead of the recorded choice by likelihood (slower on a CPU).")
 @click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many ranked codes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dialogue instead of text.")
 @click.option("--constrain/--no-constrain", default=True, show_default=True,
@@ -69,9 +86,9 @@ def human(result: dict[str, Any]) -> str:
               help="Candidates in the shortlist. Default: the adapter's, else 10.")
 @click.option("--workspace", default=None, metavar="DIR",
               help="Workspace for the retrieval index cache. Default: $ICD10_WORKSPACE, else the checkout.")
-def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json: bool, constrain: bool,
-         device: str, batch_size: int | None, engine: str, shortlist: bool | None, shortlist_k: int | None,
-         workspace: str | None) -> None:
+def main(source: str, adapter: str | None, base_model: str | None, serving_file: Path | None, generate: bool,
+         top_k: int, as_json: bool, constrain: bool, device: str, batch_size: int | None, engine: str,
+         shortlist: bool | None, shortlist_k: int | None, workspace: str | None) -> None:
     """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
     apply_offline_env(hub_offline=True)
     try:
@@ -79,7 +96,9 @@ def main(source: str, adapter: str | None, base_model: str, top_k: int, as_json:
         if engine == "vllm" and constrain:
             click.echo("note: --engine vllm decodes without the code constraint (--no-constrain)", err=True)
         suggester = load_suggester(base_model, adapter, constrain=constrain, device=device, engine=engine,
-                                   shortlist=shortlist, shortlist_k=shortlist_k, workspace=Workspace.at(workspace))
+                                   shortlist=shortlist, shortlist_k=shortlist_k, workspace=Workspace.at(workspace),
+                                   generate=generate or engine == "vllm",
+                                   serving_file=serving_file or DEFAULT_SERVING)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     on_gpu = isinstance(suggester.predictor, Predictor) and suggester.predictor.device == "cuda"

@@ -33,6 +33,7 @@ import click
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from icd10_coder import approach  # noqa: E402
 from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint, unreachable_reason  # noqa: E402
 from icd10_coder.offline import workspace_env  # noqa: E402
 from icd10_coder.paths import REPO_ROOT, display_path, make_private  # noqa: E402
@@ -56,7 +57,7 @@ GPU_HF_BATCH_SIZE = 16
 # vLLM pins its own torch and transformers, which axolotl's cannot share: it lives in its own
 # environment (`make vllm-env`), and configs with `model: vllm` run lm-eval from there.
 VLLM_PYTHON = Path(os.environ.get("ICD10_VLLM_PYTHON") or REPO_ROOT / ".venv-vllm" / "bin" / "python")
-RETRIEVAL_MODEL = "icd10-retrieval"
+RETRIEVAL_MODEL = approach.RETRIEVAL_MODEL
 SHORTLIST_SUFFIX = "-shortlist"
 RUN_CONFIG_NAME = "run_config.yml"
 MISSING_NAME = "missing.json"
@@ -157,7 +158,9 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if limit is not None:
         config["limit"] = limit
     data = (data_dir or (workspace.prepared_shortlist if shortlist else workspace.prepared)).resolve()
-    config["metadata"] = {**(config.get("metadata") or {}), "data_dir": str(data)}
+    # Paths go to lm-eval relative to the checkout (it runs there): no result file or folder name then
+    # carries this machine's location (a workspace outside the checkout stays absolute).
+    config["metadata"] = {**(config.get("metadata") or {}), "data_dir": display_path(data)}
     if split == "val":
         config["tasks"] = [VAL_TASKS[task]]
     elif unseen_only:
@@ -168,14 +171,19 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     elif (data / UNSEEN_FILE).is_file() and UNSEEN_TASKS[task] not in config["tasks"]:
         config["tasks"] = [*config["tasks"], UNSEEN_TASKS[task]]
     if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
-        model_args["train"] = str(data / "train.jsonl")
-        model_args["cache_dir"] = str(workspace.retrieval_cache)
+        model_args["train"] = display_path(data / "train.jsonl")
+        model_args["cache_dir"] = display_path(workspace.retrieval_cache)
     output = workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}")
     if name:
         output = workspace.eval_dir / name
     if split == "val":  # apart from the test results, which the report reads
         output = workspace.validation_dir / output.name
-    config["output_path"] = str(output) + (SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else "")
+    suffix = SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else ""
+    config["output_path"] = display_path(output) + suffix
+    # Absolute paths among the model's arguments (a workspace inside the checkout, the embedded model) go to
+    # lm-eval relative too: it names result folders after the model.
+    config["model_args"] = {key: display_path(value) if isinstance(value, str) and value.startswith("/") else value
+                            for key, value in model_args.items()}
     if config.get("include_path") in (None, "tasks"):
         config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
     return config
@@ -183,7 +191,7 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
 
 def record_missing(path: Path, config: dict[str, Any]) -> None:
     """Leave ``missing.json`` where the results would be: the report names the approach missing, with why."""
-    output = Path(config["output_path"])
+    output = REPO_ROOT / config["output_path"]  # relative to the checkout (absolute stays absolute)
     output.mkdir(parents=True, exist_ok=True)
     (output / MISSING_NAME).write_text(json.dumps({
         "approach": path.stem, "reason": config["_missing"],
@@ -192,12 +200,18 @@ def record_missing(path: Path, config: dict[str, Any]) -> None:
                 f"`python tools/run_eval.py {path}` to add it.", fg="yellow", err=True)
 
 
-def run_one(path: Path, config: dict[str, Any], workspace: Workspace) -> None:
-    output = Path(config["output_path"])
+def run_one(path: Path, config: dict[str, Any], workspace: Workspace, shortlist: bool = False,
+            split: str = "test") -> None:
+    output = REPO_ROOT / config["output_path"]  # relative to the checkout (absolute stays absolute)
     output.mkdir(parents=True, exist_ok=True)
     (output / MISSING_NAME).unlink(missing_ok=True)
-    (output / RUN_CONFIG_NAME).write_text(yaml.safe_dump({"approach": path.stem, "source_config": str(path),
-                                                          **portable(config)}, sort_keys=False))
+    recorded = {"approach": path.stem, "source_config": str(path), **portable(config)}
+    (output / RUN_CONFIG_NAME).write_text(yaml.safe_dump(recorded, sort_keys=False))
+    adapter = next((recorded["model_args"][k] for k in approach.ADAPTER_KEYS if recorded["model_args"].get(k)), None)
+    approach.write(output, approach.record(
+        name=output.name, config=recorded, shortlist=shortlist, split=split, source_config=str(path),
+        data_card=REPO_ROOT / config["metadata"]["data_dir"] / "data_card.json",
+        adapter_dir=REPO_ROOT / adapter if adapter else None))
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
     started = time.perf_counter()
@@ -269,7 +283,7 @@ def main(configs: tuple[Path, ...], limit: float | None, overrides: tuple[str, .
         if config.get("_missing"):
             record_missing(path, config)
         else:
-            run_one(path, config, space)
+            run_one(path, config, space, shortlist, split)
 
 
 if __name__ == "__main__":

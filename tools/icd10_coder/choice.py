@@ -9,11 +9,18 @@ a long official description is not penalised for its length.
 Fusion: both score lists are min-max normalised within the row's shortlist and mixed,
 ``weight * model + (1 - weight) * retrieval``; ``weight`` is chosen on the validation split
 (:func:`choose_weight`) and then applied once to the test split (``tools/fuse.py``).
+
+This module is the one home of a candidate's score: :func:`score_shortlist` (normalisation, fusion,
+probability at the temperature fitted on dev by :func:`fit_temperature`) is what ``tools/fuse.py``,
+the report, ``tools/predict.py`` and the app rank and show; the lm-eval task ranks with the same
+:func:`per_char` and :func:`rank`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from icd10_coder.codes import description
@@ -142,3 +149,80 @@ def choose_weight(rows: Sequence[tuple[list[str], list[float], list[float], str]
     best = max(curve.values())
     weight = min((w for w, v in curve.items() if v == best), key=lambda w: (abs(w - 0.5), w))
     return weight, curve
+
+
+# ---------------------------------------------------------------- the served score: one function for all
+
+@dataclass(frozen=True)
+class Scoring:
+    """Everything that turns a shortlist's log-likelihoods into the served ranking and probabilities, chosen
+    on the dev split (``tools/fuse.py``) and stored with the adapter (``icd10_coder.serving``)."""
+
+    normalisation: str = "per_char"
+    fusion_weight: float = 1.0  # 1: the model's order alone; 0: the retriever's
+    temperature: float = 1.0  # softmax temperature over the fused scores (calibration)
+
+    def as_record(self) -> dict[str, Any]:
+        return {"normalisation": self.normalisation, "fusion_weight": self.fusion_weight,
+                "temperature": self.temperature}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Scoring:
+        return cls(normalisation=record.get("normalisation", "per_char"),
+                   fusion_weight=float(record.get("fusion_weight", 1.0)),
+                   temperature=float(record.get("temperature", 1.0)))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate of a scored shortlist."""
+
+    code: str
+    fused: float
+    probability: float
+
+
+def probabilities(fused: Sequence[float], temperature: float) -> list[float]:
+    """Softmax of the fused scores at ``temperature``: a probability over the shortlist."""
+    if not fused:
+        return []
+    scaled = [f / temperature for f in fused]
+    top = max(scaled)
+    weights = [math.exp(s - top) for s in scaled]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def score_shortlist(candidates: Sequence[str], loglikelihoods: Sequence[float], retrieval: Sequence[float],
+                    scoring: Scoring, token_counts: Sequence[int] | None = None) -> list[Scored]:
+    """The candidates best first with their fused score and probability: what fuse, the report, predict and the
+    app all rank and show (ties keep the retriever's order)."""
+    model = normalised(loglikelihoods, candidates, scoring.normalisation, token_counts)
+    fused = fused_scores(model, retrieval, scoring.fusion_weight)
+    probability = probabilities(fused, scoring.temperature)
+    order = sorted(range(len(candidates)), key=lambda i: (-fused[i], i))
+    return [Scored(candidates[i], round(fused[i], 6), probability[i]) for i in order]
+
+
+# Temperatures tried on the dev split: 0.01 .. 10, geometric.
+TEMPERATURE_GRID: tuple[float, ...] = tuple(round(10 ** (-2 + i / 20), 5) for i in range(61))
+
+
+def top_log_loss(rows: Sequence[tuple[list[float], bool]], temperature: float) -> float:
+    """Mean log loss of "the top candidate is right" with the top's probability at ``temperature``; rows are
+    (fused scores of the shortlist, was the top candidate the gold code)."""
+    total = 0.0
+    for fused, right in rows:
+        p = min(1 - 1e-6, max(1e-6, max(probabilities(fused, temperature))))
+        total -= math.log(p if right else 1 - p)
+    return total / len(rows)
+
+
+def fit_temperature(rows: Sequence[tuple[list[float], bool]],
+                    grid: Sequence[float] = TEMPERATURE_GRID) -> float:
+    """The temperature whose top-candidate probability best predicts top-1 correctness on the dev rows (least
+    log loss): the shown confidence then means "how often a suggestion like this was right". A gold code
+    missing from the list counts as wrong, so the probability also carries the shortlist's misses."""
+    if not rows:
+        raise ValueError("no dev rows to fit the temperature on")
+    return min(grid, key=lambda t: (round(top_log_loss(rows, t), 9), t))

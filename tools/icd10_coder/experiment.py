@@ -210,11 +210,13 @@ def _mean(values: Iterable[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The results as markdown: one table per condition, the per-chapter breakdown, the sizes and choices."""
+def markdown(results: dict[str, Any], conditions: Iterable[str] | None = None, chapters: bool = True) -> str:
+    """The results as markdown: one table per condition (all by default), then the per-chapter breakdown."""
     settings, best = results["settings"], results["best_model_approach"]
     lines = []
-    for table in results["tables"].values():
+    for name, table in results["tables"].items():
+        if conditions is not None and name not in conditions:
+            continue
         lines += [f"**{table['condition'].capitalize()}** — {table['n']} test dialogues pooled over "
                   f"{settings['folds']} category folds (gold code on the top-{settings['shortlist_k']} shortlist: "
                   f"{table['shortlist_recall']:.3f}).", "",
@@ -230,6 +232,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"| {row['exact_fold_mean']:.3f} ({row['exact_fold_min']:.3f}–{row['exact_fold_max']:.3f}) "
                          f"| {row['category']:.3f} | {row['top3']:.3f} | {versus} | {p} |")
         lines.append("")
+    if not chapters:
+        return "\n".join(lines).rstrip("\n") + "\n"
     breakdown = results["chapters"]
     lines += [f"Per chapter letter, unseen categories (exact / category): Retrieval vs {LABELS[best]} "
               "(the model approach best on dev).", "",
@@ -238,6 +242,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {letter} | {row['n']} | {row['retrieval']['exact']:.2f} / {row['retrieval']['category']:.2f} "
                      f"| {row[best]['exact']:.2f} / {row[best]['category']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def readme_summary(header: str, results: dict[str, Any]) -> str:
+    """The README's share of the results: what ran, the verdict and the unseen-categories table."""
+    return f"{header}\n\n{verdict(results)}\n\n{markdown(results, conditions=['test'], chapters=False)}"
 
 
 def verdict(results: dict[str, Any]) -> str:
@@ -290,13 +299,12 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
     """The fold's axolotl data as prepare writes it (train.jsonl, val.jsonl = dev rows, data card with the
     shortlist's K and retriever settings, which tools/train.py copies into the adapter's prompt record)."""
     from icd10_coder.paths import private_folder
+    from icd10_coder.preparation import write_jsonl
     from icd10_coder.records import training_record
 
     private_folder(folder)
     for name, rows in (("train.jsonl", train), ("val.jsonl", dev)):
-        with (folder / name).open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(training_record(row), ensure_ascii=False) + "\n")
+        write_jsonl(folder / name, [training_record(row) for row in rows])
     card = {"source": "shared real MedSynth rows (experiment fold)", "splits": {"train": len(train), "val": len(dev)},
             "shortlist": {"k": k, "retriever": retriever,
                           "recall_at_k": {"train": _mean(r.code in r.candidates for r in train),

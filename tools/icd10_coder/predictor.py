@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.calibration import NOT_SURE
+from icd10_coder.choice import Scoring, score_shortlist
 from icd10_coder.codes import description
-from icd10_coder.paths import REPO_ROOT
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT
 from icd10_coder.prompts import PROMPT_RECORD
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace
 
@@ -35,8 +37,10 @@ class PredictionError(ValueError):
     """Bad input or set-up, with a message meant for the user."""
 
 
-# What `make demo` trains; a real run's adapter is passed explicitly (outputs/adapters/qlora).
-DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu"
+# What `make demo` trains on real rows; a real run's adapter is passed explicitly (outputs/adapters/qlora).
+DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu-shortlist"
+# The approach `make demo` found best on dev (base model, adapter, scoring): the default served.
+DEFAULT_SERVING = Workspace.at(DEMO_WORKSPACE).serving_file
 MAX_NEW_TOKENS = 48
 
 
@@ -158,6 +162,25 @@ class Predictor:
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
         return self.predict_batch([dialogue], top_k)[0]
 
+    def choose(self, dialogue: str, shortlist: list[tuple[str, float]], scoring: Any, top_k: int) -> dict[str, Any]:
+        """Choice by likelihood, the served default: one prompt pass scores every shortlist candidate's answer
+        line, fused with the retriever's score and turned into a calibrated probability by the scorer
+        (``choice.score_shortlist``, as fuse scored the evaluated approach). No generation."""
+        from icd10_coder.calibration import band
+
+        candidates = [code for code, _ in shortlist]
+        scores = self.candidate_loglikelihoods(dialogue, candidates)
+        scored = score_shortlist(candidates, [total for total, _ in scores], [score for _, score in shortlist],
+                                 scoring, token_counts=[n for _, n in scores])
+        result = rank_codes([", ".join(s.code for s in scored)], top_k)
+        for entry, item in zip(result["codes"], scored, strict=False):
+            entry["confidence"] = round(item.probability, 4)
+            entry["fused_score"] = item.fused
+        top = result["codes"][0]["confidence"] if result["codes"] else None
+        result.update(raw_answer="", scored_by="choice by likelihood, fused with retrieval",
+                      band=band(top), not_sure=band(top) == NOT_SURE)
+        return result
+
     def predict_batch(self, dialogues: list[str], top_k: int,
                       candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
         """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes and their
@@ -245,12 +268,22 @@ class Suggester:
     shortlister: Shortlister | None
     base_model: str
     adapter: Path | None
+    scoring: Scoring | None = None  # set: choice by likelihood + fusion (the served default); None: generation
+    record: dict[str, Any] | None = None  # the scoring record it was loaded from (serving.json / icd10_scoring.json)
+
+    @property
+    def chooses(self) -> bool:
+        return self.scoring is not None and self.shortlister is not None and isinstance(self.predictor, Predictor)
 
     def suggest(self, dialogues: list[str], top_k: int) -> list[dict[str, Any]]:
         """Ranked codes per dialogue (see :func:`rank_codes`), with the shortlist when one is used."""
         lists = self.shortlister(dialogues) if self.shortlister else None
         codes = [[code for code, _ in ranked] for ranked in lists] if lists else None
-        results = self.predictor.predict_batch(dialogues, top_k, codes)
+        if self.chooses:
+            results = [self.predictor.choose(d, shortlist, self.scoring, top_k)
+                       for d, shortlist in zip(dialogues, lists, strict=True)]
+        else:
+            results = self.predictor.predict_batch(dialogues, top_k, codes)
         for index, result in enumerate(results):
             if lists:
                 result["shortlist"] = [{"code": code, "description": description(code), "score": score}
@@ -270,26 +303,58 @@ def resolve_adapter(adapter: str | None) -> Path | None:
     return path
 
 
-def load_suggester(base_model: str, adapter: str | None, *, constrain: bool = True, device: str = "auto",
+def served_record(adapter: str | None, serving_file: Path = DEFAULT_SERVING) -> dict[str, Any] | None:
+    """The scoring record to serve: ``make demo``'s choice (``serving.json``) when no adapter is named, else the
+    named adapter's own record (``icd10_scoring.json``); None: no record (generation)."""
+    from icd10_coder import serving
+
+    if adapter is None:
+        if serving_file.is_file():
+            return serving.read_record(serving_file)
+        return serving.read_record(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else None
+    if adapter.lower() == "none":
+        return None
+    return serving.read_record(Path(adapter))
+
+
+def load_suggester(base_model: str | None, adapter: str | None, *, constrain: bool = True, device: str = "auto",
                    engine: str = "hf", shortlist: bool | None = None, shortlist_k: int | None = None,
-                   workspace: Workspace | None = None) -> Suggester:
-    """Check the model folders, load the model, and set up the shortlist the adapter was trained with."""
+                   workspace: Workspace | None = None, serving_file: Path = DEFAULT_SERVING,
+                   generate: bool = False) -> Suggester:
+    """Check the model folders, load the model, and set up the shortlist and scoring it was evaluated with.
+
+    With no ``adapter``, ``make demo``'s served approach (``serving_file``) when it exists: its base model,
+    adapter (or none), shortlist and scoring. ``generate``: beam search instead of the recorded choice."""
+    from icd10_coder import serving
+
+    record = None if generate else served_record(adapter, serving_file)
+    if record is not None and adapter is None:
+        adapter = record.get("adapter") and str(serving.resolve(record["adapter"])) or "none"
+    if record is not None and record.get("base_model"):
+        base_model = base_model or serving.resolve_model(record["base_model"])
+    base_model = base_model or str(EMBEDDED_MODEL)
     adapter_path = resolve_adapter(adapter)
     looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
     if looks_local and not (Path(base_model) / "config.json").is_file():
         raise PredictionError(f"base model {base_model}: not found (no config.json); run `make setup`")
-    record, use_shortlist = prompt_variant(adapter_path, shortlist)
+    if record is not None and shortlist is False:
+        raise PredictionError(f"{record['approach']} chooses among the retrieval shortlist, as it was evaluated; "
+                              "--no-shortlist needs --generate (the model then writes a code itself)")
+    prompt_record, use_shortlist = prompt_variant(adapter_path, True if record else shortlist)
+    if record is not None:  # the served record wins: it is what was evaluated
+        prompt_record = {**prompt_record, "shortlist_k": record["shortlist_k"], "retriever": record["retriever"]}
     shortlister = None
     if use_shortlist:
-        prepared = REPO_ROOT / record["prepared_data"] if record.get("prepared_data") else None
-        shortlister = Shortlister(shortlist_k or record.get("shortlist_k") or 10,
+        prepared = REPO_ROOT / prompt_record["prepared_data"] if prompt_record.get("prepared_data") else None
+        shortlister = Shortlister(shortlist_k or prompt_record.get("shortlist_k") or 10,
                                   prepared / "train.jsonl" if prepared else None,
-                                  (workspace or Workspace.at()).retrieval_cache, record.get("retriever"))
+                                  (workspace or Workspace.at()).retrieval_cache, prompt_record.get("retriever"))
     if engine == "vllm":
         predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
     else:
         predictor = Predictor(base_model, adapter_path, constrain, pick_device(device))
-    return Suggester(predictor, shortlister, base_model, adapter_path)
+    scoring = Scoring.from_record(record) if record is not None else None
+    return Suggester(predictor, shortlister, base_model, adapter_path, scoring, record)
 
 
 def read_dialogues(source: str) -> tuple[list[str], bool]:

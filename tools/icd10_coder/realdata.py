@@ -126,3 +126,69 @@ def subsample(rows: tuple[RealRow, ...] | list[RealRow], limit: int | None, seed
     if limit is not None and len(chosen) > limit:
         chosen = random.Random(seed).sample(chosen, limit)
     return sorted(chosen, key=lambda r: r.code)
+
+
+# ---------------------------------------------------------------- the embedded demo subset
+
+# The offline default data of `prepare --demo` / `make demo`: real MedSynth rows drawn from the
+# shared files (CC BY 4.0, attribution in its README), committed compressed (well under 1 MB).
+DEMO_DATA = REPO_ROOT / "data" / "medsynth-demo" / "medsynth_demo.jsonl.gz"
+DEMO_ROWS = 100
+DEMO_MAX_PER_CATEGORY = 3
+
+
+def demo_subset(rows: list[RealRow], size: int = DEMO_ROWS, seed: int = 0,
+                per_category: int = DEMO_MAX_PER_CATEGORY) -> list[RealRow]:
+    """``size`` rows in whole-category groups (up to ``per_category`` codes each), drawn round-robin over
+    chapter letters so every chapter the shared files cover is in the demo; in code order.
+
+    Whole categories keep siblings together, so the demo can split by category (codes never trained on,
+    and no sibling trained either) as the real experiment does.
+    """
+    by_category: dict[str, list[RealRow]] = defaultdict(list)
+    for row in rows:
+        by_category[row.category].append(row)
+    rng = random.Random(seed)
+    by_letter: dict[str, list[str]] = defaultdict(list)
+    for category in sorted(by_category):
+        by_letter[category[0]].append(category)
+    for categories in by_letter.values():
+        rng.shuffle(categories)
+    chosen: list[RealRow] = []
+    while len(chosen) < size and any(by_letter.values()):
+        for letter in sorted(by_letter):
+            if not by_letter[letter] or len(chosen) >= size:
+                continue
+            members = sorted(by_category[by_letter[letter].pop()], key=lambda r: r.code)
+            rng.shuffle(members)
+            chosen.extend(members[:min(per_category, size - len(chosen))])
+    return sorted(chosen, key=lambda r: r.code)
+
+
+def write_demo_data(path: Path = DEMO_DATA, size: int = DEMO_ROWS, seed: int = 0) -> list[RealRow]:
+    """Write the demo subset as gzip JSONL (``ID``, ``Dialogue``, ``ICD10`` as MedSynth writes them), byte-stable."""
+    import gzip
+
+    chosen = demo_subset(load_real_rows(), size, seed)
+    lines = "".join(json.dumps({"ID": r.row_id, "Dialogue": r.dialogue, "ICD10": r.code.replace(".", "")},
+                               ensure_ascii=False) + "\n" for r in chosen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+        gz.write(lines.encode("utf-8"))
+    return chosen
+
+
+def read_demo_data(path: Path = DEMO_DATA) -> list[dict[str, str]]:
+    """The embedded demo rows, MedSynth-shaped (``ID``, ``Dialogue``, ``ICD10``)."""
+    import gzip
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the embedded demo data is missing (a clean checkout has it)")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+if __name__ == "__main__":  # python -m icd10_coder.realdata: rebuild the embedded demo subset
+    written = write_demo_data()
+    print(f"{DEMO_DATA}: {len(written)} rows, {len({r.category for r in written})} categories, "
+          f"{DEMO_DATA.stat().st_size:,} bytes")

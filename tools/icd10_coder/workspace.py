@@ -92,6 +92,11 @@ class Workspace:
         return self.outputs / "eval"
 
     @property
+    def serving_file(self) -> Path:
+        """The approach this workspace serves (``make demo`` writes it; predict and the app read it)."""
+        return self.outputs / "serving.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.outputs / "report"
 

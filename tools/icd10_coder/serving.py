@@ -1,0 +1,81 @@
+"""What predict and the app serve: the scoring record that travels with an approach, and the demo's choice.
+
+``tools/fuse.py`` writes a **scoring record** for every fused choice approach: the base model, the adapter,
+the shortlist's K and retriever settings (from the prepared data's card), and the score's normalisation,
+fusion weight and calibration temperature (chosen on the dev split), plus the calibration measured on
+the test split. It lands beside the results (``eval/NAME-fused/scoring.json``) and, for a finetuned
+approach, in the adapter's folder (``icd10_scoring.json``), so ``--adapter DIR`` alone serves the
+approach as it was evaluated. ``make demo`` names the approach best on dev in
+``<workspace>/serving.json``, the default of ``tools/predict.py`` and ``make app``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from icd10_coder.paths import REPO_ROOT, display_path
+
+SCORING_RECORD = "icd10_scoring.json"
+RECORD_VERSION = 1
+
+
+def scoring_record(*, approach: str, base_model: str, adapter: str | None, shortlist: dict[str, Any],
+                   scoring: dict[str, Any], dev: dict[str, Any], test_calibration: dict[str, Any]) -> dict[str, Any]:
+    """One served approach, everything that shapes its prompt or score, with where each value was chosen."""
+    return {"version": RECORD_VERSION, "approach": approach, "base_model": base_model, "adapter": adapter,
+            "shortlist_k": shortlist["k"], "retriever": shortlist["retriever"], **scoring,
+            "chosen_on": dev, "test_calibration": test_calibration}
+
+
+def write_record(record: dict[str, Any], results_dir: Path, adapter_dir: Path | None = None) -> None:
+    """The record beside the results (``scoring.json``) and in the adapter's folder (``icd10_scoring.json``)."""
+    text = json.dumps(record, indent=2) + "\n"
+    (results_dir / "scoring.json").write_text(text)
+    if adapter_dir is not None:
+        (adapter_dir / SCORING_RECORD).write_text(text)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A scoring record (a file, an adapter folder or a fused results folder holding one); None when none."""
+    file = next((f for f in (path / SCORING_RECORD, path / "scoring.json") if f.is_file()), path) if path.is_dir() \
+        else path
+    if not file.is_file():
+        return None
+    record = json.loads(file.read_text())
+    if record.get("version") != RECORD_VERSION:
+        raise ValueError(f"{display_path(file)}: scoring record version {record.get('version')!r}, this code reads "
+                         f"{RECORD_VERSION}; run tools/fuse.py again")
+    return record
+
+
+def best_on_dev(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record with the best dev exact match; a tie goes to the finetuned approach (it is what the
+    project trains; the dev split cannot tell them apart), then to the first."""
+    if not records:
+        raise ValueError("no scoring records to choose from: run tools/fuse.py first")
+    return max(records, key=lambda r: (r["chosen_on"]["exact_match"], r.get("adapter") is not None))
+
+
+def write_serving(path: Path, record: dict[str, Any], candidates: list[dict[str, Any]]) -> Path:
+    """``path`` (a workspace's ``serving.json``): the chosen record and the dev figures of every candidate."""
+    chosen = {**record, "why": "best exact match on the dev split of the approaches below (tie: finetuned)",
+              "compared_on_dev": {r["approach"]: r["chosen_on"]["exact_match"] for r in candidates}}
+    path.write_text(json.dumps(chosen, indent=2) + "\n")
+    return path
+
+
+def resolve(path_text: str | None) -> Path | None:
+    """A recorded path (relative to the checkout, as every record stores it) as a path on this machine."""
+    if not path_text:
+        return None
+    path = Path(path_text)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def resolve_model(name: str) -> str:
+    """A recorded base model: a folder relative to the checkout when it exists there, else as recorded
+    (a hub id such as ``HuggingFaceTB/SmolLM2-1.7B-Instruct``, loaded from the local cache)."""
+    local = resolve(name)
+    return str(local) if local is not None and local.exists() else name
