@@ -124,6 +124,7 @@ def main(workspace: str, skip_llm: bool) -> None:
     # freshly prepared data. Only the demo's own workspace is touched.
     for stale in (space.eval_dir, space.validation_dir, space.report_dir, space.axolotl_cache, space.adapters_dir):
         shutil.rmtree(stale, ignore_errors=True)
+    space.serving_file.unlink(missing_ok=True)  # it names the adapter just removed
     started = time.perf_counter()
     run("prepare (embedded real rows, shortlist)", [python, "tools/prepare.py", *PREPARE_ARGS, *ws], timings, space)
     run(f"train ({TRAIN_STEPS} LoRA steps)", [python, "tools/train.py", RECIPE, *ws, f"--max_steps={TRAIN_STEPS}"],

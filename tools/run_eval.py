@@ -105,6 +105,32 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if not path.is_file():
         raise click.ClickException(f"{path}: no such run config")
     config = yaml.safe_load(path.read_text()) or {}
+    task = checked_task(path, config, shortlist, split, data_dir)
+    engine = config.get("model", "hf")
+    model_args = resolved_model_args(path, config, workspace, recipe, batch_size, overrides)
+    check_privacy(path, config, model_args, allow_remote)
+    if limit is not None:
+        config["limit"] = limit
+    data = (data_dir or (workspace.prepared_shortlist if shortlist else workspace.prepared)).resolve()
+    # Paths go to lm-eval relative to the checkout (it runs there): no result file or folder name then
+    # carries this machine's location (a workspace outside the checkout stays absolute).
+    config["metadata"] = {**(config.get("metadata") or {}), "data_dir": display_path(data)}
+    config["tasks"] = tasks_to_run(config["tasks"], task, data, split, unseen_only)
+    if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
+        model_args["train"] = display_path(data / "train.jsonl")
+        model_args["cache_dir"] = display_path(workspace.retrieval_cache)
+    config["output_path"] = output_path(path, config, workspace, engine, shortlist, split, name)
+    # Absolute paths among the model's arguments (a workspace inside the checkout, the embedded model) go to
+    # lm-eval relative too: it names result folders after the model.
+    config["model_args"] = {key: display_path(value) if isinstance(value, str) and value.startswith("/") else value
+                            for key, value in model_args.items()}
+    if config.get("include_path") in (None, "tasks"):
+        config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
+    return config
+
+
+def checked_task(path: Path, config: dict[str, Any], shortlist: bool, split: str, data_dir: Path | None) -> str:
+    """The config's project task, after checking it fits the data and split asked for."""
     task = next((t for t in config.get("tasks") or [] if t in UNSEEN_TASKS), None)
     if task is None:
         raise click.ClickException(f"{path}: expected tasks: [{TASK}] or [{CHOICE_TASK}]")
@@ -114,6 +140,13 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if split == "val" and task not in VAL_TASKS:
         raise click.ClickException(f"{path}: --split val is for the choice task (the fusion weight); "
                                    "the test split is what generation approaches are compared on")
+    return task
+
+
+def resolved_model_args(path: Path, config: dict[str, Any], workspace: Workspace, recipe: Path | None,
+                        batch_size: str | None, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """model_args with the adapter mapped into the workspace, the recipe's model and --model-arg applied; sets
+    the batch size a GPU recipe wants. The adapter must exist."""
     model_args = dict(config.get("model_args") or {})
     engine = config.get("model", "hf")
     adapter_key = ADAPTER_KEY.get(engine)
@@ -136,11 +169,22 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
         if not sep:
             raise click.ClickException(f"--model-arg {item!r}: expected KEY=VALUE")
         model_args[key.strip()] = _parse_value(value)
+    adapter = model_args.get(adapter_key) if adapter_key else None
+    if adapter and not (REPO_ROOT / adapter / "adapter_config.json").is_file():
+        raise click.ClickException(f"{path}: adapter {adapter} not found (adapter_config.json missing); "
+                                   "train first: make train")
+    return model_args
+
+
+def check_privacy(path: Path, config: dict[str, Any], model_args: dict[str, Any], allow_remote: bool) -> None:
+    """No secret in a config that is written beside the results; an API endpoint only on a private network. An
+    endpoint where nothing listens marks the config ``_missing`` (recorded, not run)."""
     secrets = SECRET_KEYS & set(model_args)
     if secrets:
         raise click.ClickException(
             f"{path}: {', '.join(sorted(secrets))} in model_args would be written to the results; "
             "export OPENAI_API_KEY instead")
+    engine = config.get("model", "hf")
     if engine in API_MODELS:
         try:
             click.echo(check_endpoint(model_args.get("base_url"), allow_remote=allow_remote))
@@ -150,43 +194,32 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
             reason = unreachable_reason(model_args["base_url"])
             if reason:
                 config["_missing"] = f"endpoint {model_args['base_url']} not reachable: {reason}"
-    adapter = model_args.get(adapter_key) if adapter_key else None
-    if adapter and not (REPO_ROOT / adapter / "adapter_config.json").is_file():
-        raise click.ClickException(f"{path}: adapter {adapter} not found (adapter_config.json missing); "
-                                   "train first: make train")
-    config["model_args"] = model_args
-    if limit is not None:
-        config["limit"] = limit
-    data = (data_dir or (workspace.prepared_shortlist if shortlist else workspace.prepared)).resolve()
-    # Paths go to lm-eval relative to the checkout (it runs there): no result file or folder name then
-    # carries this machine's location (a workspace outside the checkout stays absolute).
-    config["metadata"] = {**(config.get("metadata") or {}), "data_dir": display_path(data)}
+
+
+def tasks_to_run(tasks: list[str], task: str, data: Path, split: str, unseen_only: bool) -> list[str]:
+    """The validation variant for --split val; the unseen-codes variant when the data has that split."""
     if split == "val":
-        config["tasks"] = [VAL_TASKS[task]]
-    elif unseen_only:
+        return [VAL_TASKS[task]]
+    if unseen_only:
         if not (data / UNSEEN_FILE).is_file():
             raise click.ClickException(f"--unseen-only: {display_path(data / UNSEEN_FILE)} does not exist "
                                        "(prepare with --unseen-codes)")
-        config["tasks"] = [UNSEEN_TASKS[task]]
-    elif (data / UNSEEN_FILE).is_file() and UNSEEN_TASKS[task] not in config["tasks"]:
-        config["tasks"] = [*config["tasks"], UNSEEN_TASKS[task]]
-    if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
-        model_args["train"] = display_path(data / "train.jsonl")
-        model_args["cache_dir"] = display_path(workspace.retrieval_cache)
+        return [UNSEEN_TASKS[task]]
+    if (data / UNSEEN_FILE).is_file() and UNSEEN_TASKS[task] not in tasks:
+        return [*tasks, UNSEEN_TASKS[task]]
+    return tasks
+
+
+def output_path(path: Path, config: dict[str, Any], workspace: Workspace, engine: str, shortlist: bool,
+                split: str, name: str | None) -> str:
+    """Where the results go (relative to the checkout): eval/<approach>[-shortlist], eval-val/ for --split val."""
     output = workspace.map(config.get("output_path") or f"outputs/eval/{path.stem}")
     if name:
         output = workspace.eval_dir / name
     if split == "val":  # apart from the test results, which the report reads
         output = workspace.validation_dir / output.name
     suffix = SHORTLIST_SUFFIX if shortlist and engine != RETRIEVAL_MODEL else ""
-    config["output_path"] = display_path(output) + suffix
-    # Absolute paths among the model's arguments (a workspace inside the checkout, the embedded model) go to
-    # lm-eval relative too: it names result folders after the model.
-    config["model_args"] = {key: display_path(value) if isinstance(value, str) and value.startswith("/") else value
-                            for key, value in model_args.items()}
-    if config.get("include_path") in (None, "tasks"):
-        config["include_path"] = "tasks"  # the checkout's; lm-eval runs from the repository root
-    return config
+    return display_path(output) + suffix
 
 
 def record_missing(path: Path, config: dict[str, Any]) -> None:

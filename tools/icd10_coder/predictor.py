@@ -162,7 +162,7 @@ class Predictor:
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
         return self.predict_batch([dialogue], top_k)[0]
 
-    def choose(self, dialogue: str, shortlist: list[tuple[str, float]], scoring: Any, top_k: int) -> dict[str, Any]:
+    def choose(self, dialogue: str, shortlist: list[tuple[str, float]], scoring: Scoring, top_k: int) -> dict[str, Any]:
         """Choice by likelihood, the served default: one prompt pass scores every shortlist candidate's answer
         line, fused with the retriever's score and turned into a calibrated probability by the scorer
         (``choice.score_shortlist``, as fuse scored the evaluated approach). No generation."""
