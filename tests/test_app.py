@@ -176,7 +176,7 @@ def app_server(tmp_path_factory):
             time.sleep(1)
     else:
         pytest.fail("the app did not start: " + (workspace / "server.log").read_text()[-3000:])
-    yield url, workspace, server
+    yield url, workspace, server, json.loads(Path(served).read_text())
     server.terminate()
     server.wait(timeout=30)
     log.close()
@@ -229,7 +229,7 @@ def audit_lines(workspace: Path) -> list[dict]:
 def test_workbench_in_a_real_browser(app_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    url, workspace, server = app_server
+    url, workspace, server, served = app_server
     SCREENS.mkdir(parents=True, exist_ok=True)
     browser.get(url)
     wait_text(browser, "body", "coder's workbench", timeout=60)
@@ -264,7 +264,7 @@ def test_workbench_in_a_real_browser(app_server, browser, tmp_path):
     lines = audit_lines(workspace)
     assert len(lines) == 1 and lines[0]["decision"] == {"action": "accept", "code": codes[0],
                                                         "description": lines[0]["decision"]["description"]}
-    assert [s["code"] for s in lines[0]["suggestions"]] == codes and lines[0]["adapter"] is None
+    assert [s["code"] for s in lines[0]["suggestions"]] == codes and lines[0]["adapter"] == served["adapter"]
 
     # Search (with a typo) and override with the first billable result; then reject.
     set_text(browser, "#search textarea, #search input", "diabetis type 2 without complications")
