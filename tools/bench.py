@@ -31,6 +31,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.benchmarks import (  # noqa: E402
+    app_markdown,
     bench_app,
     bench_approach_cost,
     bench_eval,
@@ -64,7 +65,8 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval",
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
               show_default=True)
 @click.option("--docs", is_flag=True,
-              help="Also write the retrieval stage to docs/generated/bench-retrieval.md (shown in GUIDE section 9).")
+              help="Also write the retrieval and app stages to docs/generated/bench-retrieval.md and bench-app.md "
+                   "(GUIDE section 9).")
 def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_dialogues: int,
          app_adapter: str | None, app_base_model: str | None, only: tuple[str, ...], out: Path, docs: bool) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
@@ -93,13 +95,15 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_
     (out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(bench))
     click.echo(markdown(bench))
-    if docs and "retrieval" in stages:
+    if docs:
         from icd10_coder.generated import write_generated
 
         machine = bench["hardware"]
-        text = (f"`python tools/bench.py --only retrieval --docs`, {bench['generated_at'][:10]}; {machine['cpu']}, "
-                f"{machine['cores']} cores, {machine['ram_gib']} GiB.\n")
-        write_generated("bench-retrieval", text + "\n".join(retrieval_markdown(bench["retrieval"])) + "\n")
+        for stage, render in (("retrieval", retrieval_markdown), ("app", app_markdown)):
+            if stage in stages:
+                text = (f"`python tools/bench.py --only {stage} --docs`, {bench['generated_at'][:10]}; "
+                        f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB.\n")
+                write_generated(f"bench-{stage}", text + "\n".join(render(bench[stage])) + "\n")
 
 
 if __name__ == "__main__":

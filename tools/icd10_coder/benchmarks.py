@@ -509,23 +509,29 @@ def markdown(bench: dict[str, Any]) -> str:
                   if isinstance(v, dict)]
         lines.append(f"\nOne prompt pass makes choice by likelihood {c['choice_speedup']}x faster.")
     if "app" in bench:
-        a = bench["app"]
-        lines += ["", "Workbench (make app):", ""]
-        for name, cal in a["calibration"].items():
-            if isinstance(cal, dict):
-                bands = ", ".join(f"{b} {v['accuracy'] if v['accuracy'] is not None else '–'} (n={v['n']})"
-                                  for b, v in cal["bands"].items())
-                lines.append(f"- calibration on {name} ({cal['n']} dialogues, served: {cal.get('served')}, adapter "
-                             f"{cal['adapter']}): ECE {cal['ece']}, top-1 accuracy {cal['accuracy']}; accuracy per "
-                             f"band: {bands}; {cal.get('s_per_suggestion_median')} s per suggestion (median)")
-                lines.append("  reliability: " + "; ".join(
-                    f"[{b['range'][0]:.1f}, {b['range'][1]:.1f}) {b['mean_confidence']:.2f} → {b['accuracy']:.2f} "
-                    f"(n={b['n']})" for b in cal["bins"]))
-        for name, ev in a["evidence"].items():
-            lines.append(f"- evidence: gold code has a highlighted sentence in {ev['gold_with_evidence']:.0%} of "
-                         f"{ev['n']} {name} dialogues")
-        lines.append(f"- code search: {a['search_ms_median']} ms per query (median)")
+        lines += ["", "Workbench (make app):", ""] + app_markdown(bench["app"])
     return "\n".join(lines) + "\n"
+
+
+def app_markdown(a: dict[str, Any]) -> list[str]:
+    """The app stage as markdown lines (also docs/generated/bench-app.md with --docs): per split, the served
+    approach's calibration, band accuracy, reliability bins and seconds per suggestion; evidence; search."""
+    lines = []
+    for name, cal in a["calibration"].items():
+        if isinstance(cal, dict):
+            bands = ", ".join(f"{b} {v['accuracy'] if v['accuracy'] is not None else '–'} (n={v['n']})"
+                              for b, v in cal["bands"].items())
+            lines.append(f"- calibration on {name} ({cal['n']} dialogues, served: {cal.get('served')}, adapter "
+                         f"{cal['adapter']}): ECE {cal['ece']}, top-1 accuracy {cal['accuracy']}; accuracy per "
+                         f"band: {bands}; {cal.get('s_per_suggestion_median')} s per suggestion (median)")
+            lines.append("  reliability (confidence bin: mean confidence → share right): " + "; ".join(
+                f"[{b['range'][0]:.1f}, {b['range'][1]:.1f}) {b['mean_confidence']:.2f} → {b['accuracy']:.2f} "
+                f"(n={b['n']})" for b in cal["bins"]))
+    for name, ev in a["evidence"].items():
+        lines.append(f"- evidence: gold code has a highlighted sentence in {ev['gold_with_evidence']:.0%} of "
+                     f"{ev['n']} {name} dialogues")
+    lines.append(f"- code search: {a['search_ms_median']} ms per query (median)")
+    return lines
 
 
 def retrieval_markdown(r: dict[str, Any]) -> list[str]:
