@@ -247,3 +247,55 @@ def test_fitted_temperature_follows_how_often_the_top_candidate_is_right():
 def test_scoring_record_round_trips():
     scoring = choice.Scoring(normalisation="sum", fusion_weight=0.35, temperature=0.125)
     assert choice.Scoring.from_record(json.loads(json.dumps(scoring.as_record()))) == scoring
+
+
+def test_the_served_record_is_the_best_on_dev_and_a_tie_goes_to_the_finetuned_one(tmp_path):
+    from icd10_coder import serving
+
+    def record(name: str, exact: float, adapter: str | None) -> dict:
+        return serving.scoring_record(approach=name, base_model="m", adapter=adapter,
+                                      shortlist={"k": 10, "retriever": {}}, scoring=choice.Scoring().as_record(),
+                                      dev={"split": "val", "rows": 9, "exact_match": exact}, test_calibration={})
+
+    base, tuned = record("baseline-fused", 0.5, None), record("finetuned-fused", 0.5, "adapters/x")
+    assert serving.best_on_dev([base, tuned])["approach"] == "finetuned-fused"
+    assert serving.best_on_dev([record("baseline-fused", 0.6, None), tuned])["approach"] == "baseline-fused"
+    with pytest.raises(ValueError):
+        serving.best_on_dev([])
+    path = serving.write_serving(tmp_path / "serving.json", tuned, [base, tuned])
+    read = serving.read_record(path)
+    assert read["compared_on_dev"] == {"baseline-fused": 0.5, "finetuned-fused": 0.5}
+    assert choice.Scoring.from_record(read) == choice.Scoring()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    serving.write_record(tuned, tmp_path, adapter)
+    assert serving.read_record(adapter) == tuned == serving.read_record(tmp_path / "scoring.json")
+    (tmp_path / "old.json").write_text(json.dumps({**tuned, "version": 0}))
+    with pytest.raises(ValueError, match="run tools/fuse.py again"):
+        serving.read_record(tmp_path / "old.json")
+
+
+def test_approach_records_name_what_ran_without_reading_folder_names(tmp_path):
+    from icd10_coder import approach
+
+    def rec(model: str, model_args: dict, tasks: list[str], shortlist: bool) -> dict:
+        return approach.record(name="anything", config={"model": model, "model_args": model_args, "tasks": tasks},
+                               shortlist=shortlist, split="test", data_card=None, adapter_dir=None,
+                               source_config="recipes/eval/x.yml")
+
+    retrieval = rec("icd10-retrieval", {"neighbours": 0}, ["icd10_medsynth"], True)
+    assert retrieval["family"] == "retrieval" and approach.label(retrieval) == "Retrieval (no model)"
+    llm = rec("local-chat-completions", {"model": "m", "base_url": "http://127.0.0.1:1/v1"}, ["icd10_medsynth"], True)
+    assert approach.label(llm) == "Baseline LLM + shortlist"
+    tuned = rec("icd10-hf-choice", {"pretrained": "m", "peft": "a"}, ["icd10_medsynth_choice"], True)
+    assert tuned["adapter"] == "a" and approach.label(tuned) == "Finetuned SLM + shortlist (choice by likelihood)"
+    fused = approach.fused(tuned, "other-name", {"fusion_weight": 0.5})
+    assert approach.label(fused) == "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)"
+    plain = rec("hf", {"pretrained": "m"}, ["icd10_medsynth"], False)
+    assert approach.label(plain) == "Baseline SLM" and plain["scorer"].startswith("generation")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    before = approach.sha256_of(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert before != approach.sha256_of(adapter) and approach.sha256_of(tmp_path / "missing") is None
