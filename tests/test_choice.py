@@ -296,6 +296,19 @@ def test_approach_records_name_what_ran_without_reading_folder_names(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    before = approach.sha256_of(adapter)
+
+    def adapter_sha256() -> str | None:
+        return approach.record(name="x", config={"model": "hf", "model_args": {"peft": "adapter"}}, shortlist=True,
+                               split="test", data_card=None, adapter_dir=adapter, source_config="")["adapter_sha256"]
+
+    from icd10_coder.audit import adapter_hash
+
+    before = adapter_sha256()
+    assert before == adapter_hash(adapter)  # the same identity the app's audit log records
+    (adapter / "icd10_scoring.json").write_text("{}")  # fuse writes it later: the adapter stays the same one
+    assert adapter_sha256() == before
     (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
-    assert before != approach.sha256_of(adapter) and approach.sha256_of(tmp_path / "missing") is None
+    assert before != adapter_sha256()
+    nothing = approach.record(name="x", config={}, shortlist=False, split="test", data_card=tmp_path / "missing",
+                              adapter_dir=None, source_config="")
+    assert nothing["adapter_sha256"] is None and nothing["data_card_sha256"] is None

@@ -32,19 +32,19 @@ from typing import Any
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import audit, calibration, serving  # noqa: E402
+from icd10_coder import audit, calibration  # noqa: E402
 from icd10_coder.codes import chapter_title, description, search, validity  # noqa: E402
 from icd10_coder.evidence import evidence, highlighted  # noqa: E402
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, private_folder  # noqa: E402
+from icd10_coder.paths import REPO_ROOT, display_path, private_folder  # noqa: E402
 from icd10_coder.predictor import (  # noqa: E402
-    DEFAULT_ADAPTER,
     DEFAULT_SERVING,
     PredictionError,
     Suggester,
     check_length,
     load_suggester,
     parse_dialogues,
+    served_model_options,
 )
 from icd10_coder.workspace import Workspace  # noqa: E402
 
@@ -311,16 +311,7 @@ def build(bench: Workbench, note: str):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--adapter", default=None, metavar="DIR|none",
-              help=f"LoRA adapter folder (its {serving.SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "
-                   f"Default: the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
-                   f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone.")
-@click.option("--base-model", default=None,
-              help=f"Base model: a local folder, or a hub id already in the local cache (the recipe's base_model). "
-                   f"Default: the served record's, else {display_path(EMBEDDED_MODEL)}.")
-@click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused result's "
-                   f"scoring.json. Default: {display_path(DEFAULT_SERVING)}.")
+@served_model_options
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 10), default=TOP_K, show_default=True, help="Codes suggested.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

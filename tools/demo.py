@@ -47,7 +47,6 @@ PREPARE_ARGS = ["--demo", "--group-by", "category", "--val-fraction", "0.2", "--
 TRAIN_STEPS = 8
 CHOICE_CONFIGS = ["recipes/eval/baseline-slm-choice.yml", "recipes/eval/finetuned-slm-choice.yml"]
 FUSED = ["baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist"]
-FUSED_SUFFIX = "-fused"  # tools/fuse.py's results folder: eval/<name>-fused/
 TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
 
@@ -94,7 +93,7 @@ def local_openai_server(model: Path, workspace: Workspace, timeout_s: float = 18
 
 def choose_served(space: Workspace) -> dict:
     """The fused approach best on dev becomes the workspace's served default (``serving.json``)."""
-    records = [serving.read_record(space.eval_dir / f"{name}{FUSED_SUFFIX}") for name in FUSED]
+    records = [serving.read_record(space.eval_dir / f"{name}{serving.FUSED_SUFFIX}") for name in FUSED]
     records = [r for r in records if r is not None]
     best = serving.best_on_dev(records)
     serving.write_serving(space.serving_file, best, records)

@@ -38,7 +38,7 @@ from icd10_coder.workspace import Workspace  # noqa: E402
 CHOICE_TASK = "icd10_medsynth_choice"
 TEST_TASKS = (CHOICE_TASK, "icd10_medsynth_choice_unseen")
 VAL_TASK = "icd10_medsynth_choice_val"
-FUSED_SUFFIX = "-fused"
+FUSED_SUFFIX = serving.FUSED_SUFFIX
 
 
 def newest_samples(folder: Path, task: str) -> Path | None:

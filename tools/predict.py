@@ -31,17 +31,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, display_path  # noqa: E402
 from icd10_coder.predictor import (  # noqa: E402
-    DEFAULT_ADAPTER,
     DEFAULT_SERVING,
     PredictionError,
     Predictor,
     load_suggester,
     read_dialogues,
+    served_model_options,
 )
 from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
-from icd10_coder.serving import SCORING_RECORD  # noqa: E402
 from icd10_coder.workspace import Workspace  # noqa: E402
 
 
@@ -57,16 +55,7 @@ def human(result: dict[str, Any]) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("source", metavar="FILE|-")
-@click.option("--adapter", default=None, metavar="DIR|none",
-              help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). Default: "
-                   f"the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
-                   f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone.")
-@click.option("--base-model", default=None,
-              help="Base model: a local folder, or a hub id already in the local cache (the recipe's base_model). "
-                   f"Default: the served record's, else {display_path(EMBEDDED_MODEL)}.")
-@click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused result's "
-                   f"scoring.json. Default: {display_path(DEFAULT_SERVING)}.")
+@served_model_options
 @click.option("--generate", is_flag=True,
               help="Generate with beam search instead of the recorded choice by likelihood (slower on a CPU).")
 @click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many ranked codes.")

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.audit import adapter_hash
 from icd10_coder.endpoints import API_MODELS
 
 RECORD = "approach.json"
@@ -32,17 +33,6 @@ def family(model: str, model_args: dict[str, Any]) -> str:
     return "finetuned-slm" if any(model_args.get(key) for key in ADAPTER_KEYS) else "baseline-slm"
 
 
-def sha256_of(path: Path | None) -> str | None:
-    """SHA-256 over a file, or over a folder's files (names and bytes, sorted): an adapter's identity."""
-    if path is None or not path.exists():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 def record(*, name: str, config: dict[str, Any], shortlist: bool, split: str, data_card: Path | None,
            adapter_dir: Path | None, source_config: str) -> dict[str, Any]:
     """The record of one lm-eval run (``config``: the run config as recorded, paths relative to the checkout)."""
@@ -54,12 +44,13 @@ def record(*, name: str, config: dict[str, Any], shortlist: bool, split: str, da
         "name": name, "family": kind, "model_type": config.get("model"),
         "base_model": model_args.get("pretrained") or model_args.get("model"),
         "adapter": next((model_args[k] for k in ADAPTER_KEYS if model_args.get(k)), None),
-        "adapter_sha256": sha256_of(adapter_dir),
+        "adapter_sha256": adapter_hash(adapter_dir),  # the hash the app's audit log records for it
         "prompt": "none (no model)" if kind == "retrieval" else "shortlist" if shortlist else "plain",
         "scorer": "retrieval ranking" if kind == "retrieval" else
                   "choice by likelihood (per character)" if chooses else "generation, parsed codes",
         "fusion": None, "split": split, "tasks": tasks, "source_config": source_config,
-        "data_card_sha256": sha256_of(data_card),
+        "data_card_sha256": hashlib.sha256(data_card.read_bytes()).hexdigest()
+        if data_card is not None and data_card.is_file() else None,
     }
 
 

@@ -30,7 +30,7 @@ def measure(pairs: Sequence[tuple[float, bool]]) -> dict[str, Any]:
     """(confidence of the top suggestion, was it right) pairs -> ECE, reliability bins and band accuracy."""
     n = len(pairs)
     if n == 0:
-        return {"n": 0, "ece": None, "bins": [], "bands": {}}
+        return {"n": 0, "ece": None, "mean_confidence": None, "bins": [], "bands": {}}
     bins = []
     ece = 0.0
     for i in range(ECE_BINS):
@@ -47,6 +47,7 @@ def measure(pairs: Sequence[tuple[float, bool]]) -> dict[str, Any]:
         inside = [ok for c, ok in pairs if band(c) == name]
         bands[name] = {"n": len(inside), "accuracy": round(sum(inside) / len(inside), 4) if inside else None}
     return {"n": n, "ece": round(ece, 4), "accuracy": round(sum(ok for _, ok in pairs) / n, 4),
+            "mean_confidence": round(sum(c for c, _ in pairs) / n, 4),
             "bins": bins, "bands": bands}
 
 
@@ -59,10 +60,9 @@ def markdown(measured: dict[str, dict[str, Any]], labels: dict[str, str]) -> lis
              + " | ".join(f"band {b}: right (n)" for b in band_names) + " |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in band_names) + " |"]
     for name, m in measured.items():
-        mean_confidence = sum(b["mean_confidence"] * b["n"] for b in m["bins"]) / m["n"] if m["n"] else 0.0
         cells = [f"{m['bands'][b]['accuracy']:.2f} ({m['bands'][b]['n']})" if m["bands"][b]["n"] else "– (0)"
                  for b in band_names]
-        lines.append(f"| {labels.get(name, name)} | {m['n']} | {m['accuracy']:.3f} | {mean_confidence:.3f} | "
+        lines.append(f"| {labels.get(name, name)} | {m['n']} | {m['accuracy']:.3f} | {m['mean_confidence']:.3f} | "
                      f"{m['ece']:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Reliability (confidence bin: mean confidence → share right, n):", ""]
     for name, m in measured.items():

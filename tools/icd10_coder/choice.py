@@ -59,10 +59,14 @@ def normalised(loglikelihoods: Sequence[float], candidates: Sequence[str], how: 
     raise ValueError(f"unknown normalisation {how!r} (known: {', '.join(NORMALISATIONS)})")
 
 
+def best_first(scores: Sequence[float]) -> list[int]:
+    """Indices of ``scores`` best first; ties keep the list's order (the retriever's)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
 def rank(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
     """Candidates best first; ties keep the retriever's order (the list's)."""
-    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
-    return [candidates[i] for i in order]
+    return [candidates[i] for i in best_first(scores)]
 
 
 def _minmax(values: Sequence[float]) -> list[float]:
@@ -200,8 +204,7 @@ def score_shortlist(candidates: Sequence[str], loglikelihoods: Sequence[float], 
     model = normalised(loglikelihoods, candidates, scoring.normalisation, token_counts)
     fused = fused_scores(model, retrieval, scoring.fusion_weight)
     probability = probabilities(fused, scoring.temperature)
-    order = sorted(range(len(candidates)), key=lambda i: (-fused[i], i))
-    return [Scored(candidates[i], round(fused[i], 6), probability[i]) for i in order]
+    return [Scored(candidates[i], round(fused[i], 6), probability[i]) for i in best_first(fused)]
 
 
 # Temperatures tried on the dev split: 0.01 .. 10, geometric.

@@ -44,6 +44,30 @@ DEFAULT_SERVING = Workspace.at(DEMO_WORKSPACE).serving_file
 MAX_NEW_TOKENS = 48
 
 
+def served_model_options(command: Any) -> Any:
+    """The --adapter, --base-model and --serving options that predict and the app share (what to serve)."""
+    import click
+
+    from icd10_coder.paths import display_path
+    from icd10_coder.serving import SCORING_RECORD
+
+    options = [
+        click.option("--adapter", default=None, metavar="DIR|none",
+                     help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "
+                          f"Default: the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
+                          f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone."),
+        click.option("--base-model", default=None,
+                     help="Base model: a local folder, or a hub id already in the local cache (the recipe's "
+                          f"base_model). Default: the served record's, else {display_path(EMBEDDED_MODEL)}."),
+        click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused "
+                          f"result's scoring.json. Default: {display_path(DEFAULT_SERVING)}."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def pick_device(choice: str) -> str:
     """``auto``: CUDA when a GPU is visible, else the CPU."""
     import torch
@@ -64,13 +88,23 @@ def pick_dtype(device: str):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def code_entry(rank: int, code: str, confidence: float | None) -> dict[str, Any]:
+    """One ranked code as predict and the app show it: description, validity, place in the hierarchy."""
+    from icd10_coder.codes import hierarchy, validity
+
+    place = hierarchy(code)
+    return {"rank": rank, "code": code, "description": description(code), "validity": validity(code),
+            "billable": validity(code) == "billable",
+            "path": [place.chapter, place.block, place.category] if place else [],
+            "confidence": None if confidence is None else round(confidence, 4)}
+
+
 def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] | None = None) -> dict[str, Any]:
     """Answers best first (beams, or one answer with alternatives) -> ranked unique codes with descriptions.
 
     ``beam_probabilities`` (one per answer, summing to 1) give each code its confidence: the
     probability mass of the answers that start with it (0 for a code only named as an alternative).
     """
-    from icd10_coder.codes import hierarchy, validity
     from icd10_coder.parsing import extract_codes
 
     ranked: list[str] = []
@@ -82,15 +116,8 @@ def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] |
                 ranked.append(code)
         if codes and beam_probabilities:
             mass[codes[0]] = mass.get(codes[0], 0.0) + beam_probabilities[index]
-
-    def entry(rank: int, code: str) -> dict[str, Any]:
-        place = hierarchy(code)
-        return {"rank": rank, "code": code, "description": description(code), "validity": validity(code),
-                "billable": validity(code) == "billable",
-                "path": [place.chapter, place.block, place.category] if place else [],
-                "confidence": round(mass.get(code, 0.0), 4) if beam_probabilities else None}
-
-    return {"codes": [entry(rank, code) for rank, code in enumerate(ranked[:top_k], 1)],
+    return {"codes": [code_entry(rank, code, mass.get(code, 0.0) if beam_probabilities else None)
+                      for rank, code in enumerate(ranked[:top_k], 1)],
             "raw_answer": answers[0] if answers else ""}
 
 
@@ -172,14 +199,11 @@ class Predictor:
         scores = self.candidate_loglikelihoods(dialogue, candidates)
         scored = score_shortlist(candidates, [total for total, _ in scores], [score for _, score in shortlist],
                                  scoring, token_counts=[n for _, n in scores])
-        result = rank_codes([", ".join(s.code for s in scored)], top_k)
-        for entry, item in zip(result["codes"], scored, strict=False):
-            entry["confidence"] = round(item.probability, 4)
-            entry["fused_score"] = item.fused
-        top = result["codes"][0]["confidence"] if result["codes"] else None
-        result.update(raw_answer="", scored_by="choice by likelihood, fused with retrieval",
-                      band=band(top), not_sure=band(top) == NOT_SURE)
-        return result
+        codes = [{**code_entry(rank, item.code, item.probability), "fused_score": item.fused}
+                 for rank, item in enumerate(scored[:top_k], 1)]
+        top = codes[0]["confidence"] if codes else None
+        return {"codes": codes, "raw_answer": "", "scored_by": "choice by likelihood, fused with retrieval",
+                "band": band(top), "not_sure": band(top) == NOT_SURE}
 
     def predict_batch(self, dialogues: list[str], top_k: int,
                       candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 from icd10_coder.paths import REPO_ROOT, display_path
 
 SCORING_RECORD = "icd10_scoring.json"
+FUSED_SUFFIX = "-fused"  # tools/fuse.py writes eval/<name>-fused/
 RECORD_VERSION = 1
 
 
