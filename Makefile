@@ -114,7 +114,7 @@ eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results und
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
 
-demo: setup ## The whole comparison offline on the 100 embedded real dialogues, in outputs/demo/ (~11-13 min on 2 CPU cores)
+demo: setup ## The whole comparison offline on the 100 embedded real dialogues, in outputs/demo/ (~12 min on 2 CPU cores)
 	$(HUB_OFFLINE) $(PY) tools/demo.py --workspace $(DEMO_WORKSPACE)
 
 # Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.
@@ -135,7 +135,7 @@ bench: setup ## CPU benchmarks (retrieval, cost per approach, app calibration) -
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
 EXPERIMENT_ARGS ?=
-experiment-real: setup ## Real-data experiment: 805 real rows, 3 category folds (~80 min on 2 CPU cores; EXPERIMENT_ARGS=--quick ~20)
+experiment-real: setup ## Real-data experiment: 1,565 real rows, 3 category folds, encoder + LoRA per fold (~2.5 h on 2 CPU cores; EXPERIMENT_ARGS=--retrieval-only ~35 min, --quick ~20 min)
 	$(HUB_OFFLINE) $(PY) tools/experiment_real.py $(EXPERIMENT_ARGS)
 
 retrieval-study: setup ## Recall of every retriever variant on the dev rows of the real category folds (~3 min)
@@ -154,6 +154,6 @@ print-env: ## Show the privacy environment every target runs with
 
 clean: ## Remove run products (prepared data, adapters, results, demo); keeps .venv, the model, the audit log
 	rm -rf data/prepared data/prepared-shortlist data/prepared-choose outputs/adapters outputs/axolotl-cache outputs/datasets-cache \
-		outputs/retrieval-cache outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts \
+		outputs/retrieval-cache outputs/encoders outputs/eval outputs/report outputs/bench outputs/mlflow.db outputs/mlflow-artifacts \
 		outputs/demo outputs/experiment-real outputs/retrieval-study outputs/gpu-check outputs/eval-val outputs/app outputs/test-app-screens \
 		mlruns

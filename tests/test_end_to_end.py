@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Everything a real run owns; the demo (and the tests) must never read or write it.
 REAL_RUN_FOLDERS = ("data/prepared", "outputs/adapters/qlora", "outputs/eval", "outputs/report",
                     "outputs/mlflow-artifacts", "outputs/axolotl-cache/qlora", "outputs/datasets-cache",
-                    "outputs/retrieval-cache")
+                    "outputs/retrieval-cache", "outputs/encoders/minilm-query")
 REAL_RUN_FILES = ("outputs/mlflow.db",)
 
 
@@ -126,7 +126,8 @@ def test_demo_leaves_the_real_run_and_git_alone(demo_run):
     assert not (REPO / "mlruns").exists()
 
 
-SHOWN = ("retrieval", "baseline-llm-shortlist", "baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist",
+SHOWN = ("retrieval", "retrieval-encoder", "baseline-llm-shortlist", "baseline-slm-choice-shortlist",
+         "finetuned-slm-choice-shortlist",
          "baseline-slm-choice-shortlist-fused", "finetuned-slm-choice-shortlist-fused")
 FUSED = ("baseline-slm-choice-shortlist-fused", "finetuned-slm-choice-shortlist-fused")
 
@@ -143,12 +144,24 @@ def test_report_has_every_approach_on_real_unseen_codes_and_every_metric(demo_ru
     assert summary(workspace)["data_card_sha256"] and summary(workspace)["paired_tests"]
     report = (workspace / "report" / "report.md").read_text()
     assert "McNemar" in report and "p (Holm)" in report and "codes never trained on" in report
-    for label in ("Retrieval (no model)", "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)",
+    for label in ("Retrieval (no model)", "Retrieval (fine-tuned encoder)",
+                  "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)",
                   "Baseline SLM + shortlist (choice by likelihood)", "Baseline LLM + shortlist"):
         assert f"| {label} |" in report
     card = json.loads((workspace / "prepared-shortlist" / "data_card.json").read_text())
     assert card["embedded_demo"] and card["test_codes_seen_in_train"] == 0 and card["rows_kept"] == 100
     assert card["shortlist"]["k"] == 10 and set(card["shortlist"]["recall_at_k"]) >= {"train", "val", "test"}
+    # The fine-tuned encoder made the shortlists; prompts show evidence windows; every training list holds
+    # the gold code, the dev lists are the retriever's (some miss it).
+    assert card["shortlist"]["retriever"]["encoder"].endswith("encoders/minilm-query")
+    assert card["shortlist"]["evidence_window"] == 384
+    prepared = workspace / "prepared-shortlist"
+    train = [json.loads(line) for line in (prepared / "train.jsonl").read_text().splitlines()]
+    assert all(row["gold_code"] in row["candidates"] for row in train)
+    assert card["shortlist"]["gold_on_training_lists"]["inserted"] > 0
+    assert all("Dialogue excerpt" in row["messages"][1]["content"] for row in train)
+    encoder = json.loads((workspace / "encoders" / "minilm-query" / "encoder_training.json").read_text())
+    assert encoder["train_rows"] >= 40 and encoder["dev_recall_after"]["recall@10"] >= 0
 
 
 def test_calibration_is_measured_on_the_test_rows_and_reported(demo_run, workspace):
@@ -192,7 +205,9 @@ def test_served_prompt_candidates_and_scores_are_the_evaluated_ones(demo_run, wo
         shortlist = suggester.shortlister([doc["dialogue"]])[0]
         assert [code for code, _ in shortlist] == doc["candidates"]
         assert [score for _, score in shortlist] == pytest.approx(doc["candidate_scores"], abs=1e-4)
-        assert prompt_messages(doc["dialogue"], doc["candidates"]) == [
+        window = suggester.shortlister.prompt_texts([doc["dialogue"]], [shortlist])[0]
+        assert window != doc["dialogue"] and len(window) < len(doc["dialogue"])
+        assert prompt_messages(window, doc["candidates"], excerpt=True) == [
             {"role": "system", "content": doc["system"]}, {"role": "user", "content": doc["user"]}]
         result = suggester.suggest([doc["dialogue"]], 10)[0]
         assert [c["code"] for c in result["codes"]] == sample["filtered_resps"][0].split(", ")

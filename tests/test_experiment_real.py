@@ -41,46 +41,70 @@ def test_the_normalisation_is_chosen_on_dev_and_ties_go_to_per_character():
     assert tie["value"] == "per_char" and set(tie["dev_exact"].values()) == {1.0}
 
 
-def outcomes_for(hits: dict[str, list[int]], folds: list[int]) -> list[dict]:
+def outcomes_for(hits: dict[str, list[int]], folds: list[int], slm: list[bool] | None = None) -> list[dict]:
     rows = []
     for i, fold in enumerate(folds):
-        rows.append({"id": f"r{i}", "fold": fold, "condition": "test", "gold": "A00.0", "chapter": "A",
-                     "gold_in_shortlist": True,
+        scored = slm[i] if slm else True
+        approaches = experiment.APPROACHES if scored else experiment.RETRIEVAL_APPROACHES
+        rows.append({"id": f"r{i}", "fold": fold, "gold": "A00.0", "chapter": "A", "slm": scored,
+                     "gold_in_shortlist": {a: True for a in experiment.RETRIEVAL_APPROACHES},
                      "approaches": {a: {"exact_match": hits[a][i], "category_match": hits[a][i], "top3_match": 1}
-                                    for a in experiment.APPROACHES}})
+                                    for a in approaches}})
     return rows
 
 
-def test_pooled_table_pairs_every_approach_with_retrieval_and_corrects_for_four_tests():
+def test_pooled_table_pairs_every_approach_with_retrieval_and_corrects_for_five_tests():
     folds = [0] * 10 + [1] * 10
     hits = {a: [0] * 20 for a in experiment.APPROACHES}
     hits["retrieval"] = [1] * 4 + [0] * 16
     hits["finetuned-choice"] = [1] * 4 + [1] * 10 + [0] * 6  # 10 more right, none lost
-    table = experiment.pooled_table(outcomes_for(hits, folds), "test", folds=2)
+    table = experiment.pooled_table(outcomes_for(hits, folds), "slm", folds=2)
     row = table["approaches"]["finetuned-choice"]
     assert row["exact"] == pytest.approx(0.7) and row["exact_fold_min"] == pytest.approx(0.4)  # fold 1: 4 of 10
     assert row["exact_fold_max"] == pytest.approx(1.0) and row["exact_fold_mean"] == pytest.approx(0.7)
     test = row["vs_retrieval"]
     assert (test["a_only"], test["b_only"]) == (0, 10)
     assert test["p_value"] == pytest.approx(2 / 2**10)
-    assert test["p_holm"] == pytest.approx(min(1.0, 4 * test["p_value"]))  # smallest of four p-values
+    assert test["p_holm"] == pytest.approx(min(1.0, 5 * test["p_value"]))  # smallest of five p-values
     assert row["exact_ci95"][0] < 0.7 < row["exact_ci95"][1]
-    results = {"tables": {"test": table}, "best_model_approach": "finetuned-choice"}
-    assert experiment.verdict(results).startswith("Target reached")
-    results["best_model_approach"] = "baseline-choice"
-    assert experiment.verdict(results).startswith("Target not reached")
+    every = experiment.pooled_table(outcomes_for(hits, folds), "every", folds=2)
+    assert set(every["approaches"]) == set(experiment.RETRIEVAL_APPROACHES)
+    results = {"tables": {"every": every, "slm": table}, "settings": {"shortlist_k": 10}}
+    assert experiment.verdict(results).startswith("Accuracy target reached")  # +50 points, p 0.005
+    hits["finetuned-choice"] = [1] * 4 + [1] * 10 + [0] * 6
+    hits["finetuned-choice"][:4] = [0, 0, 0, 0]  # 4 lost, 10 won: +30 points but p > 0.05 after Holm
+    table = experiment.pooled_table(outcomes_for(hits, folds), "slm", folds=2)
+    assert experiment.verdict({"tables": {"every": every, "slm": table},
+                               "settings": {"shortlist_k": 10}}).startswith("Accuracy target not reached")
 
 
-def test_take_is_journalled_and_draws_the_same_rows_every_time(tmp_path):
+def test_the_every_row_table_counts_rows_the_slm_never_scored():
+    folds = [0] * 6
+    hits = {a: [1, 1, 0, 0, 0, 0] for a in experiment.APPROACHES}
+    outcomes = outcomes_for(hits, folds, slm=[True, False, True, False, False, False])
+    assert experiment.pooled_table(outcomes, "every", folds=1)["n"] == 6
+    slm = experiment.pooled_table(outcomes, "slm", folds=1)
+    assert slm["n"] == 2 and slm["approaches"]["finetuned-fused"]["exact"] == pytest.approx(0.5)
+
+
+def test_the_prompt_is_chosen_on_dev_by_the_zero_shot_choice_and_ties_go_to_the_window():
+    window = [scored("A00.0", ["A00.0", "A00.1"], [-1.0, -9.0]), scored("A00.1", ["A00.0", "A00.1"], [-1.0, -9.0])]
+    whole = [scored("A00.0", ["A00.0", "A00.1"], [-1.0, -9.0]), scored("A00.1", ["A00.0", "A00.1"], [-9.0, -1.0])]
+    picked = experiment.choose_prompt({"window": window, "whole": whole})
+    assert picked["value"] == "whole" and picked["dev_exact"] == {"window": 0.5, "whole": 1.0}
+    assert experiment.choose_prompt({"window": whole, "whole": whole})["value"] == "window"
+
+
+def test_take_is_journalled_draws_the_same_rows_every_time_and_trains_on_the_siblings_too(tmp_path):
     from icd10_coder.realdata import Fold, RealRow
 
     rows = tuple(RealRow(f"r{i}", "d", f"A0{i}.0") for i in range(8))
-    fold = Fold(0, rows[:2], rows[2:4], (), rows[4:])
+    fold = Fold(0, rows[:2], rows[2:4], rows[4:5], rows[5:])
     journal = experiment.Journal(tmp_path / "journal.jsonl")
-    settings = experiment.Settings(test_rows=2)
-    first = experiment.take(fold, "test", settings, journal)
-    assert first == experiment.take(fold, "test", settings, journal) and len(first) == 2
-    assert [e["split"] for e in journal.events()] == ["test", "test"]
+    first = experiment.take(fold, "test", 2, 0, journal)
+    assert first == experiment.take(fold, "test", 2, 0, journal) and len(first) == 2
+    assert {r.row_id for r in experiment.take(fold, "train", None, 0, journal)} == {"r0", "r1", "r4"}
+    assert [e["split"] for e in journal.events()] == ["test", "test", "train"]
 
 
 @pytest.mark.slow
@@ -94,38 +118,50 @@ def test_a_slice_makes_every_choice_on_dev_before_any_test_row_is_taken():
     before = generated.read_bytes() if generated.is_file() else None
     try:
         result = subprocess.run(
-            [sys.executable, "tools/experiment_real.py", "--workspace", str(workspace), "--train-rows", "2",
-             "--dev-rows", "2", "--test-rows", "2", "--sibling-rows", "1", "--max-steps", "1", "--no-docs",
-             "--retriever-variant", "tfidf (previous default)", "--retriever-variant", "tfidf + cue sentences"],
+            [sys.executable, "tools/experiment_real.py", "--workspace", str(workspace), "--lora-rows", "2",
+             "--dev-rows", "3", "--prompt-choice-rows", "2", "--slm-test-rows", "2", "--test-rows", "3",
+             "--max-steps", "1", "--encoder-epochs", "0.05", "--no-docs"],
             cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         report = workspace / "report"
         events = experiment.Journal(workspace / "journal.jsonl").events()
         names = [e["event"] for e in events]
         chosen_at = names.index("choices written")
-        held_out = [i for i, e in enumerate(events) if e.get("split") in ("test", "sibling")]
-        assert len(held_out) == 6 and min(held_out) > chosen_at  # 3 folds x 2 conditions, all after the choices
-        assert names.count("trained") == 3
+        held_out = [i for i, e in enumerate(events) if str(e.get("split", "")).startswith("test")]
+        assert len(held_out) == 6 and min(held_out) > chosen_at  # 3 folds x (every row, SLM rows), after choices
+        assert names.count("trained") == names.count("encoder trained") == 3
         choices = json.loads((report / "choices.json").read_text())
         for fold in choices["folds"].values():
-            assert fold["retriever"]["split"] == "dev"
+            for key in ("retriever_variants", "retrieval_encoder", "shortlist", "prompt"):
+                assert fold[key]["split"] == "dev"
+            assert set(fold["retriever_variants"]["dev"]) == set(experiment.retriever_variants("x"))
             for model in experiment.MODELS:
                 assert fold[model]["normalisation"]["split"] == fold[model]["fusion_weight"]["split"] == "dev"
         assert choices["best_model_approach"]["split"].startswith("dev")
         results = json.loads((report / "results.json").read_text())
-        assert results["tables"]["test"]["n"] == 6 and results["tables"]["sibling"]["n"] == 3
-        assert set(results["tables"]["test"]["approaches"]) == set(experiment.APPROACHES)
-        assert "Target" in (report / "report.md").read_text()
-        # No test dialogue was ever written to disk (only ids and codes in outcomes.jsonl).
+        every, slm = results["tables"]["every"], results["tables"]["slm"]
+        assert every["n"] == sum(s["test"] for s in results["fold_sizes"]) and slm["n"] == 6
+        assert set(slm["approaches"]) == set(experiment.APPROACHES)
+        assert "Accuracy target" in (report / "report.md").read_text()
+        # The LoRA's training lists all hold the gold code; the dev lists are the retriever's.
+        for fold in range(3):
+            prepared = workspace / f"fold-{fold}" / "prepared-shortlist"
+            for line in (prepared / "train.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                assert row["gold_code"] in row["candidates"]
+        # No fold wrote its own test dialogues to disk, and the report holds only ids and codes (a row tested in one
+        # fold is a training row of the others, so it may appear in their folders).
         from icd10_coder.realdata import load_real_rows
 
         by_id = {r.row_id: r.dialogue for r in load_real_rows()}
         outcomes = [json.loads(line) for line in (report / "outcomes.jsonl").read_text().splitlines()]
-        snippets = [by_id[o["id"]][:300].encode() for o in outcomes]
+        snippets = {fold: [by_id[o["id"]][:300].encode() for o in outcomes if o["fold"] == fold] for fold in range(3)}
         for path in workspace.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
+                top = path.relative_to(workspace).parts[0]
+                own = snippets[int(top[5:])] if top.startswith("fold-") else sum(snippets.values(), [])
                 data = path.read_bytes()
-                assert not any(s in data for s in snippets), f"a test dialogue was written to {path}"
+                assert not any(s in data for s in own), f"a test dialogue was written to {path}"
         assert (generated.read_bytes() if generated.is_file() else None) == before  # --no-docs kept the docs
     finally:
         shutil.rmtree(workspace, ignore_errors=True)

@@ -18,8 +18,9 @@ def rows() -> list[RealRow]:
     return load_real_rows()
 
 
-def test_all_805_real_rows_load_with_canonical_codes_including_ones_missing_from_the_release(rows):
-    assert len(rows) == 805 and len({r.code for r in rows}) == 805
+def test_all_1565_real_rows_load_with_canonical_codes_including_ones_missing_from_the_release(rows):
+    assert len(rows) == 1565 and len({r.code for r in rows}) == 1565  # one row per code, no code in two files
+    assert {p.name for p in REAL_FILES} == {"medsynth_sample.jsonl", "medsynth_spread.jsonl", "medsynth_more.jsonl"}
     codes = {r.code for r in rows}
     assert {"H40.11X1", "H40.11X2"} <= codes  # not in the 2026 release: kept, not dropped
     assert all("\n" in r.dialogue and not r.dialogue.startswith("[") for r in rows[:20])  # cleaned: one turn a line

@@ -11,7 +11,9 @@
 7. approach_cost: CPU seconds per real dialogue of each approach (Retrieval, generation with and
    without the shortlist, choice by likelihood with lm-eval's hf model and with the project's
    one-prompt-pass model, fusion), the model loaded once, medians of repeats;
-8. app: the workbench's confidence calibration (ECE, accuracy per band) on the demo test split and
+8. prompt_cost: whole dialogue vs evidence window (the SLM's prompt before and after): tokens per
+   prompt, seconds per row of a LoRA step and of scoring ten candidates, medians of repeats;
+9. app: the workbench's confidence calibration (ECE, accuracy per band) on the demo test split and
    real dialogues, how often the gold code gets an evidence sentence, code-search latency.
 
 A script, not a test: figures depend on the machine, and every figure says which machine. The stages
@@ -37,16 +39,19 @@ from icd10_coder.benchmarks import (  # noqa: E402
     bench_eval,
     bench_predict,
     bench_prepare,
+    bench_prompt_cost,
     bench_retrieval,
     bench_tokens,
     bench_training,
     hardware,
     markdown,
+    prompt_cost_markdown,
     retrieval_markdown,
 )
 from icd10_coder.offline import apply_offline_env  # noqa: E402
 
-STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval", "approach_cost", "app")
+STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval", "approach_cost", "prompt_cost",
+          "app")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,6 +63,8 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval",
 @click.option("--app-dialogues", type=int, default=20, show_default=True,
               help="Shared real dialogues outside the demo data for the app stage's calibration (the demo's own test "
                    "dialogues are used too).")
+@click.option("--prompt-dialogues", type=int, default=8, show_default=True,
+              help="Embedded real dialogues in the prompt_cost stage (whole dialogue vs evidence window).")
 @click.option("--app-adapter", default=None, metavar="DIR|none",
               help="Adapter whose served scoring the app stage measures. Default: what make demo serves.")
 @click.option("--app-base-model", default=None, help="Its base model. Default: the served record's.")
@@ -65,9 +72,9 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval",
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
               show_default=True)
 @click.option("--docs", is_flag=True,
-              help="Also write the retrieval and app stages to docs/generated/bench-retrieval.md and bench-app.md "
+              help="Also write the retrieval, prompt_cost and app stages to docs/generated/bench-<stage>.md "
                    "(GUIDE section 9).")
-def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_dialogues: int,
+def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, prompt_dialogues: int, app_dialogues: int,
          app_adapter: str | None, app_base_model: str | None, only: tuple[str, ...], out: Path, docs: bool) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)
@@ -83,6 +90,7 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_
                    "evaluation": lambda: bench_eval(work, eval_limit), "predict": lambda: bench_predict(work),
                    "retrieval": lambda: bench_retrieval(rows),
                    "approach_cost": lambda: bench_approach_cost(work, cost_dialogues),
+                   "prompt_cost": lambda: bench_prompt_cost(prompt_dialogues),
                    "app": lambda: bench_app(work, app_dialogues, app_adapter, app_base_model)}
         for stage in STAGES:
             if stage not in stages:
@@ -99,7 +107,8 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, app_
         from icd10_coder.generated import write_generated
 
         machine = bench["hardware"]
-        for stage, render in (("retrieval", retrieval_markdown), ("app", app_markdown)):
+        for stage, render in (("retrieval", retrieval_markdown), ("prompt_cost", prompt_cost_markdown),
+                              ("app", app_markdown)):
             if stage in stages:
                 text = (f"`python tools/bench.py --only {stage} --docs`, {bench['generated_at'][:10]}; "
                         f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB.\n")

@@ -1,9 +1,12 @@
 """The whole comparison, offline, on the embedded real MedSynth rows (``make demo``).
 
 prepare --demo (100 real dialogues, split by category so every test code and its siblings are
-never trained on; prompts with the top-10 retrieval shortlist) -> a few steps of axolotl LoRA on
-the training rows (recipes/demo-cpu-shortlist.yml) -> lm-eval: Retrieval (no model), the Baseline
-and Finetuned SLM choosing by likelihood among the shortlist, on the dev (validation) split, then
+never trained on) -> the retriever's query encoder fine-tuned on the training rows
+(recipes/encoder-cpu.yml) -> prepare again with the top-10 shortlist of the fine-tuned retriever and
+evidence windows (the sentences that name the diagnosis, ~384 tokens; the gold code on every training
+list) -> a few steps of axolotl LoRA on the training rows (recipes/demo-cpu-shortlist.yml) -> lm-eval:
+Retrieval (no model; zero-shot encoder), Retrieval (fine-tuned encoder), the Baseline and Finetuned SLM
+choosing by likelihood among the shortlist, on the dev (validation) split, then
 on the test split -> tools/fuse.py: the fusion weight and the calibration temperature chosen on
 dev, applied once to test -> the Baseline LLM through a real OpenAI-compatible server on
 127.0.0.1 (``transformers serve`` with the embedded model standing in for the large model) ->
@@ -39,12 +42,18 @@ from icd10_coder.stages import run  # noqa: E402
 from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
 
 RECIPE = "recipes/demo-cpu-shortlist.yml"
+ENCODER_RECIPE = "recipes/encoder-cpu.yml"
 SHORTLIST_K = 10
+WINDOW_TOKENS = 384
 # The demo's split of its 100 real rows: whole categories, ~20% dev and ~30% test.
-PREPARE_ARGS = ["--demo", "--group-by", "category", "--val-fraction", "0.2", "--test-fraction", "0.3",
-                "--shortlist", str(SHORTLIST_K), "--shortlist-neighbours", "0"]
-# LoRA steps of 2 real dialogues (~25-30 s each on 2 cores): what fits the demo's ~15 minutes.
-TRAIN_STEPS = 8
+SPLIT_ARGS = ["--demo", "--group-by", "category", "--val-fraction", "0.2", "--test-fraction", "0.3"]
+PREPARE_ARGS = [*SPLIT_ARGS, "--shortlist", str(SHORTLIST_K), "--shortlist-neighbours", "0",
+                "--evidence-window", str(WINDOW_TOKENS)]
+# The encoder reads the plain split (same seed, same rows) before any shortlist exists.
+ENCODER_ARGS = ["--set", "train_data=data/prepared/train.jsonl", "--set", "dev_data=data/prepared/val.jsonl"]
+# LoRA steps of 2 real dialogues (~8-10 s each with evidence windows on 2 cores): 32 of the ~53 training
+# rows, what fits the demo's ~12 minutes.
+TRAIN_STEPS = 16
 CHOICE_CONFIGS = ["recipes/eval/baseline-slm-choice.yml", "recipes/eval/finetuned-slm-choice.yml"]
 FUSED = ["baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist"]
 TOOLS = REPO_ROOT / "tools"
@@ -121,15 +130,25 @@ def main(workspace: str, skip_llm: bool) -> None:
     ws = ["--workspace", str(space.root)]
     # Earlier demo results would mix into this report; axolotl's token cache would hide
     # freshly prepared data. Only the demo's own workspace is touched.
-    for stale in (space.eval_dir, space.validation_dir, space.report_dir, space.axolotl_cache, space.adapters_dir):
+    for stale in (space.eval_dir, space.validation_dir, space.report_dir, space.axolotl_cache, space.adapters_dir,
+                  space.map("outputs/encoders")):
         shutil.rmtree(stale, ignore_errors=True)
     space.serving_file.unlink(missing_ok=True)  # it names the adapter just removed
     started = time.perf_counter()
-    run("prepare (embedded real rows, shortlist)", [python, "tools/prepare.py", *PREPARE_ARGS, *ws], timings, space)
+    run("prepare (embedded real rows)", [python, "tools/prepare.py", *SPLIT_ARGS, *ws], timings, space)
+    run("fine-tune the query encoder", [python, "tools/train_encoder.py", ENCODER_RECIPE, *ws, *ENCODER_ARGS],
+        timings, space)
+    encoder = space.map("outputs/encoders/minilm-query")
+    run("prepare (shortlist of the fine-tuned retriever, evidence windows)",
+        [python, "tools/prepare.py", *PREPARE_ARGS, "--shortlist-encoder", str(encoder), *ws], timings, space)
     run(f"train ({TRAIN_STEPS} LoRA steps)", [python, "tools/train.py", RECIPE, *ws, f"--max_steps={TRAIN_STEPS}"],
         timings, space)
     run("eval retrieval", [python, "tools/run_eval.py", *ws, "--shortlist", "--model-arg", "neighbours=0",
                            "recipes/eval/retrieval.yml"], timings, space)
+    run("eval retrieval (fine-tuned encoder)",
+        [python, "tools/run_eval.py", *ws, "--shortlist", "--model-arg", "neighbours=0", "--model-arg",
+         f"encoder={display_path(encoder)}", "--name", "retrieval-encoder", "recipes/eval/retrieval.yml"],
+        timings, space)
     choice = [python, "tools/run_eval.py", *ws, "--shortlist", "--recipe", RECIPE]
     run("eval on dev: baseline + finetuned choice", [*choice, "--split", "val", *CHOICE_CONFIGS], timings, space)
     run("eval on test: baseline + finetuned choice", [*choice, *CHOICE_CONFIGS], timings, space)

@@ -1,17 +1,19 @@
-"""The real-data experiment (``make experiment-real``): do the models beat the lookup on real dialogues?
+"""The real-data experiment (``make experiment-real``): does fine-tuning beat the lookup on real dialogues?
 
-    python tools/experiment_real.py            # 805 real rows, 3 category folds, ~80 min on 2 CPU cores
+    python tools/experiment_real.py            # 1,565 real rows, 3 category folds, ~2.5 h on 2 CPU cores (estimated)
+    python tools/experiment_real.py --retrieval-only   # the encoder and both retrieval approaches, ~35 min
     python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
-    python tools/experiment_real.py --train-rows 2 --dev-rows 3 --test-rows 3 --sibling-rows 2 --max-steps 1 \\
-        --retriever-variant "tfidf (previous default)" --no-docs    # the tests' slice
+    python tools/experiment_real.py --lora-rows 2 --dev-rows 3 --prompt-choice-rows 2 --slm-test-rows 2 \\
+        --test-rows 3 --max-steps 1 --encoder-epochs 0.05 --no-docs    # the tests' slice
 
-Reads the shared real MedSynth files in place (``../shared/data/``: 805 rows, one per code, every
-chapter), splits them into category folds, makes every choice on each fold's dev rows and scores the
-test rows once at the end (protocol: ``icd10_coder/experiment.py``). Two conditions, each its own
-table: **unseen categories** (no test code has a trained sibling) and **unseen codes, seen siblings**.
-Writes ``choices.json``, ``journal.jsonl``, ``outcomes.jsonl``, ``results.json`` and ``report.md`` into
-``<workspace>/report/``, and, unless ``--no-docs``, the tables into ``docs/generated/experiment-real.md``
-and the README/GUIDE blocks that show them.
+Reads the shared real MedSynth files in place (``../shared/data/``: 1,565 rows, one per code), splits them
+into category folds, fine-tunes the retriever's query encoder on every training row and a LoRA on
+``--lora-rows`` of them, makes every choice on each fold's dev rows and scores the test rows once at the
+end (protocol: ``icd10_coder/experiment.py``). Two tables: both retrieval approaches on every test row,
+and every approach on the rows the SLMs scored. Writes ``choices.json``, ``journal.jsonl``,
+``outcomes.jsonl``, ``results.json`` and ``report.md`` into ``<workspace>/report/``, and, unless
+``--no-docs``, the tables into ``docs/generated/experiment-real.md`` and the README/GUIDE blocks that
+show them.
 """
 
 from __future__ import annotations
@@ -21,21 +23,22 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import click
 
 from icd10_coder.experiment import Settings, markdown, run_experiment, verdict
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, display_path
-from icd10_coder.realdata import REAL_FILES, load_real_rows
-from icd10_coder.retrieval_study import VARIANTS
+from icd10_coder.realdata import REAL_FILES, load_real_rows, subsample
 from icd10_coder.stages import run
 from icd10_coder.workspace import Workspace
 
-QUICK = {"train_rows": 6, "dev_rows": 8, "test_rows": 12, "sibling_rows": 4}
+QUICK = {"lora_rows": 12, "dev_rows": 16, "prompt_choice_rows": 6, "slm_test_rows": 12, "test_rows": 60,
+         "encoder_epochs": 0.5}
 DEFAULTS = Settings()
 
 
@@ -45,75 +48,141 @@ DEFAULTS = Settings()
 @click.option("--folds", type=click.IntRange(2, 10), default=DEFAULTS.folds, show_default=True,
               help="Category folds (every category is tested in one fold).")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the folds and subsamples.")
-@click.option("--train-rows", type=click.IntRange(min=1), default=DEFAULTS.train_rows, show_default=True,
-              help="Training rows per fold (LoRA costs ~15-20 s per real row and epoch on 2 CPU cores).")
-@click.option("--dev-rows", type=click.IntRange(min=1), default=DEFAULTS.dev_rows, show_default=True,
-              help="Dev rows per fold (every choice is made on them).")
-@click.option("--test-rows", type=click.IntRange(min=1), default=DEFAULTS.test_rows, show_default=True,
-              help="Unseen-category test rows per fold (~3 s per row and model on 2 CPU cores).")
-@click.option("--sibling-rows", type=click.IntRange(min=1), default=DEFAULTS.sibling_rows, show_default=True,
-              help="Seen-sibling test rows per fold.")
+@click.option("--lora-rows", type=click.IntRange(min=1), default=DEFAULTS.lora_rows, show_default=True,
+              help="Training rows per fold the LoRA learns from (~4-5 s a row with evidence windows on 2 CPU "
+                   "cores); the encoder learns from every training row.")
+@click.option("--dev-rows", type=click.IntRange(min=1), default=None,
+              help="Dev rows per fold (every choice is made on them). Default: every dev row.")
+@click.option("--prompt-choice-rows", type=click.IntRange(min=1), default=DEFAULTS.prompt_choice_rows,
+              show_default=True, help="Dev rows per fold on which the zero-shot SLM compares the evidence window "
+                                      "with the whole dialogue (~2 + ~4 s a row).")
+@click.option("--slm-test-rows", type=click.IntRange(min=1), default=DEFAULTS.slm_test_rows, show_default=True,
+              help="Test rows per fold the SLM approaches score (~2 s a row and model); retrieval scores every one.")
+@click.option("--test-rows", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Keep only N real rows per fold's test categories (the tests' slice; the full run tests all).")
 @click.option("--shortlist-k", type=click.IntRange(2, 50), default=DEFAULTS.shortlist_k, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each training after N steps.")
-@click.option("--retriever-variant", "variants", multiple=True, type=click.Choice(list(VARIANTS)),
-              help="Retriever variants to choose from on dev (repeat; default: all of retrieval_study.VARIANTS).")
+@click.option("--window-tokens", type=click.IntRange(32, 4096), default=DEFAULTS.window_tokens, show_default=True,
+              help="The evidence window's budget (tokens).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True,
+              help="LoRA epochs.")
+@click.option("--encoder-epochs", type=click.FloatRange(min=0.01), default=DEFAULTS.encoder_epochs,
+              show_default=True, help="Query encoder epochs (~5 min an epoch on ~800 rows).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each LoRA training after N steps.")
+@click.option("--retrieval-only", is_flag=True,
+              help="Fine-tune the encoder and score both retrieval approaches on every test row; no SLM is trained "
+                   "or scored (~35 min).")
 @click.option("--quick", is_flag=True, help="Fewer rows per fold (" + ", ".join(f"{k} {v}" for k, v in QUICK.items())
               + "): ~20 min; never writes the docs.")
+@click.option("--from-results", is_flag=True,
+              help="Run nothing: write the report (and, with --docs, the tables) again from the workspace's "
+                   "report/results.json, e.g. after a change of wording.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
               help="Write the tables into docs/generated/experiment-real.md (GUIDE.md) and "
                    "experiment-real-summary.md (README.md).")
-def main(workspace: str, folds: int, seed: int, train_rows: int, dev_rows: int, test_rows: int, sibling_rows: int,
-         shortlist_k: int, epochs: int, max_steps: int | None, variants: tuple[str, ...], quick: bool,
+def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | None, prompt_choice_rows: int,
+         slm_test_rows: int, test_rows: int | None, shortlist_k: int, window_tokens: int, epochs: int,
+         encoder_epochs: float, max_steps: int | None, retrieval_only: bool, quick: bool, from_results: bool,
          docs: bool) -> None:
-    """Retrieval vs the embedded SLM (zero-shot and LoRA, choice by likelihood, fusion) on real category folds."""
+    """Retrieval (zero-shot and fine-tuned encoder) vs the embedded SLM (zero-shot and LoRA, choice by likelihood,
+    fusion) on real category folds."""
     apply_offline_env(hub_offline=True)
     if not (EMBEDDED_MODEL / "config.json").is_file():
         raise click.ClickException(f"{EMBEDDED_MODEL} is missing: run `make setup` first")
     space = Workspace.at(workspace)
     if space.is_real:
         raise click.ClickException("the experiment never runs in the real run's workspace; pick another --workspace")
+    if from_results:
+        recorded = space.report_dir / "results.json"
+        if not recorded.is_file():
+            raise click.ClickException(f"{display_path(recorded)}: no results to write a report from; run the "
+                                       "experiment first")
+        results = json.loads(recorded.read_text())
+        results.setdefault("date", date.fromtimestamp(recorded.stat().st_mtime).isoformat())
+        write_report(space, results, docs and not results.get("quick"))
+        return
     try:
         rows = load_real_rows()
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    settings = Settings(folds=folds, seed=seed, train_rows=train_rows, dev_rows=dev_rows, test_rows=test_rows,
-                        sibling_rows=sibling_rows, shortlist_k=shortlist_k, epochs=epochs, max_steps=max_steps,
-                        retriever_variants=variants)
+    settings = Settings(folds=folds, seed=seed, lora_rows=lora_rows, dev_rows=dev_rows,
+                        prompt_choice_rows=prompt_choice_rows, slm_test_rows=slm_test_rows, shortlist_k=shortlist_k,
+                        window_tokens=window_tokens, epochs=epochs, encoder_epochs=encoder_epochs, max_steps=max_steps,
+                        retrieval_only=retrieval_only)
+    quick_values = dict(QUICK) if quick else {}
+    test_rows = quick_values.pop("test_rows", test_rows)
     if quick:
-        settings, docs = replace(settings, **QUICK), False
+        settings, docs = replace(settings, **quick_values), False
+    if test_rows:  # a slice: fewer rows in every split, drawn before the folds so categories stay whole
+        rows = subsample(rows, test_rows * folds * 3, seed=f"{seed}-slice")
+        docs = False
     shutil.rmtree(space.root, ignore_errors=True)
     os.umask(0o077)  # real dialogues: owner-only
     timings: dict[str, float] = {}
-    # The recipe's own CPU settings for real dialogues, stated here too (the experiment's protocol); it has no
-    # test_datasets, so axolotl runs no evaluation pass.
-    overrides = [f"--num_epochs={settings.epochs}", "--sequence_len=2048", "--micro_batch_size=1",
-                 "--gradient_accumulation_steps=2"]
-    if settings.max_steps:
-        overrides.append(f"--max_steps={settings.max_steps}")
 
-    def train(stage: str, workspace_args: list[str]) -> None:
-        run(stage, [sys.executable, "tools/train.py", settings.recipe, *workspace_args, *overrides], timings,
-            Workspace.at(workspace_args[-1]))
+    def run_tool(stage: str, arguments: list[str], fold_space: Workspace) -> None:
+        run(stage, [sys.executable, *arguments], timings, fold_space)
 
     def load_predictor(adapter: Path | None):
         from icd10_coder.predictor import Predictor
 
-        return Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
+        predictor = Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
+        if adapter is not None:  # scoring only: the merged weights are ~20% faster than the adapter's extra matmuls
+            predictor.model = predictor.model.merge_and_unload()
+        return predictor
 
     started = time.perf_counter()
-    results = run_experiment(space, rows, settings, train, load_predictor, log=click.echo)
-    minutes = (time.perf_counter() - started) / 60
-    command = "python tools/experiment_real.py" + (" --quick" if quick else "")
-    header = (f"{len(rows)} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), "
-              f"{settings.folds} category folds; per fold {settings.train_rows} training, {settings.dev_rows} dev, "
-              f"{settings.test_rows} unseen-category and {settings.sibling_rows} seen-sibling test rows (drawn at "
-              f"random from the fold's split, to fit ~{minutes:.0f} min on 2 CPU cores); every choice made on dev "
-              f"(`choices.json`), test rows scored once. `{command}` ({'make experiment-real' if not quick else ''}"
-              f"), {date.today().isoformat()}, {minutes:.0f} min.")
+    results = run_experiment(space, rows, settings, run_tool, load_predictor, log=click.echo)
+    results.update(minutes=round((time.perf_counter() - started) / 60, 1), stage_seconds=timings,
+                   date=date.today().isoformat(), quick=quick, test_rows=test_rows)
+    write_report(space, results, docs)
+
+
+def command_line(results: dict[str, Any]) -> str:
+    """The command that reproduces a run: every setting that differs from the defaults, as its option."""
+    if results.get("quick"):
+        return "python tools/experiment_real.py --quick"
+    options = {"folds": "--folds", "seed": "--seed", "lora_rows": "--lora-rows", "dev_rows": "--dev-rows",
+               "prompt_choice_rows": "--prompt-choice-rows", "slm_test_rows": "--slm-test-rows",
+               "shortlist_k": "--shortlist-k", "window_tokens": "--window-tokens", "epochs": "--epochs",
+               "encoder_epochs": "--encoder-epochs", "max_steps": "--max-steps"}
+    defaults = asdict(DEFAULTS)
+    if results["settings"].get("retrieval_only"):  # the SLM's settings play no part
+        options = {k: v for k, v in options.items() if k in ("folds", "seed", "dev_rows", "shortlist_k",
+                                                             "encoder_epochs")}
+    changed = [f"{flag} {results['settings'][key]}" for key, flag in options.items()
+               if results["settings"].get(key) != defaults[key]]
+    if results["settings"].get("retrieval_only"):
+        changed.append("--retrieval-only")
+    if results.get("test_rows"):  # a slice of the rows (the tests')
+        changed.append(f"--test-rows {results['test_rows']}")
+    return " ".join(["python tools/experiment_real.py", *changed])
+
+
+def header_text(results: dict[str, Any]) -> str:
+    """What ran, from the results alone (so a report can be written again from ``results.json``)."""
+    settings, sizes = results["settings"], results["fold_sizes"]
+    dev = (f"~{_mean(sizes, 'dev')} dev rows" if settings["dev_rows"] is None
+           else f"{settings['dev_rows']} of ~{_mean(sizes, 'dev')} dev rows")
+    rows = sum(s["test"] for s in sizes)  # every row is tested in exactly one fold
+    if settings.get("retrieval_only"):
+        what = ("the encoder fine-tuned on every training row; every choice made on dev (`choices.json`); every "
+                "test row ranked by both retrieval approaches, once; **no SLM trained or scored in this run** "
+                "(`--retrieval-only`)")
+    else:
+        what = (f"the encoder fine-tuned on every training row, the LoRA on {settings['lora_rows']} of them per fold "
+                f"(gold code on every training list); every choice made on dev (`choices.json`); every test row "
+                f"ranked by both retrieval approaches, {settings['slm_test_rows']} per fold scored by the SLM "
+                "approaches, once")
+    return (f"{rows} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), {settings['folds']} "
+            f"category folds (per fold ~{_mean(sizes, 'train', 'sibling')} training rows, {dev}, "
+            f"~{_mean(sizes, 'test')} test rows); {what}. `{command_line(results)}`, {results.get('date', '?')}, "
+            f"{results.get('minutes', float('nan')):.0f} min on 2 CPU cores.")
+
+
+def write_report(space: Workspace, results: dict[str, Any], docs: bool) -> None:
+    """``results.json`` and ``report.md`` in the run's report folder and, with ``docs``, the generated tables."""
+    header = header_text(results)
     text = f"{header}\n\n{verdict(results)}\n\n{markdown(results)}"
-    results["minutes"] = round(minutes, 1)
-    results["stage_seconds"] = timings
     (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (space.report_dir / "report.md").write_text("# Real-data experiment\n\n" + text)
     click.echo("\n" + text)
@@ -124,8 +193,12 @@ def main(workspace: str, folds: int, seed: int, train_rows: int, dev_rows: int, 
         write_generated("experiment-real-summary", readme_summary(header, results))
         click.echo(f"wrote {display_path(write_generated('experiment-real', text))} (GUIDE), "
                    "experiment-real-summary.md (README) and their blocks")
-    click.secho(f"\nExperiment finished in {minutes:.0f} min. Report: {display_path(space.report_dir)}/report.md",
-                bold=True)
+    click.secho(f"\nExperiment finished in {results.get('minutes', float('nan')):.0f} min. Report: "
+                f"{display_path(space.report_dir)}/report.md", bold=True)
+
+
+def _mean(sizes: list[dict[str, int]], *splits: str) -> int:
+    return round(sum(sum(s[split] for split in splits) for s in sizes) / max(1, len(sizes)))
 
 
 if __name__ == "__main__":

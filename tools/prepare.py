@@ -60,10 +60,17 @@ from icd10_coder.workspace import Workspace  # noqa: E402
 @click.option("--choose", is_flag=True,
               help="With --shortlist: training rows teach choosing (gold always on the list, list shuffled); "
                    "written to prepared-choose/ (data/prepared-choose) for recipes/*-choose.yml.")
+@click.option("--shortlist-encoder", default="", metavar="DIR",
+              help="With --shortlist: the dense ranking's fine-tuned query encoder (tools/train_encoder.py writes "
+                   "it); default: the base all-MiniLM-L6-v2.")
+@click.option("--evidence-window", type=click.IntRange(0, 4096), default=0, show_default=True, metavar="TOKENS",
+              help="With --shortlist: prompts show the dialogue's evidence window (cue sentences and the sentences "
+                   "nearest the shortlist, ~TOKENS tokens, in dialogue order) instead of the whole dialogue; "
+                   "0: the whole dialogue.")
 def main(source: str | None, workspace: str | None, out: Path | None, seed: int, demo: bool, templated: bool,
          group_by: str, val_fraction: float, test_fraction: float, unseen_fraction: float, code_policy: str,
          deidentify: bool, tokenizer: str, limit: int | None, shortlist_neighbours: int, shortlist_k: int | None,
-         choose: bool) -> None:
+         choose: bool, shortlist_encoder: str, evidence_window: int) -> None:
     """Turn MedSynth (or a local export, or the embedded --demo rows) into axolotl and lm-eval files."""
     apply_offline_env()
     if sum(map(bool, (demo, templated, source))) > 1:
@@ -74,6 +81,11 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
         raise click.UsageError(str(err)) from err
     if choose and not shortlist_k:
         raise click.UsageError("--choose needs --shortlist K (the candidates to choose from)")
+    if (shortlist_encoder or evidence_window) and not shortlist_k:
+        raise click.UsageError("--shortlist-encoder and --evidence-window need --shortlist K")
+    if shortlist_encoder and not (Path(shortlist_encoder) / "config.json").is_file():
+        raise click.UsageError(f"--shortlist-encoder {shortlist_encoder}: no encoder there (no config.json); "
+                               "tools/train_encoder.py writes one")
     if out is None:
         out = space.prepared_choose if choose else space.prepared_shortlist if shortlist_k else space.prepared
     try:
@@ -82,7 +94,8 @@ def main(source: str | None, workspace: str | None, out: Path | None, seed: int,
                        test_fraction=test_fraction, unseen_fraction=unseen_fraction, code_policy=code_policy,
                        deidentify=deidentify, tokenizer=tokenizer, limit=limit,
                        shortlist_neighbours=shortlist_neighbours, shortlist_k=shortlist_k, choose=choose,
-                       warn=lambda line: click.secho(line, fg="yellow", err=True))
+                       shortlist_encoder=display_path(Path(shortlist_encoder).resolve()) if shortlist_encoder else "",
+                       evidence_window=evidence_window, warn=lambda line: click.secho(line, fg="yellow", err=True))
     except PrepareError as err:
         raise click.ClickException(str(err)) from err
     click.echo(data_card_markdown(card))

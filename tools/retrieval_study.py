@@ -1,6 +1,6 @@
 """Recall of every retriever variant on the dev rows of the real category folds (``make retrieval-study``).
 
-    python tools/retrieval_study.py              # 805 real rows, 3 category folds, ~10 min on 2 CPU cores
+    python tools/retrieval_study.py              # 1,565 real rows, 3 category folds, ~20 min on 2 CPU cores
 
 Reads the shared real MedSynth files in place, splits them by category exactly as
 ``make experiment-real`` does (same folds, same seed) and scores each variant of

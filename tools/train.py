@@ -73,6 +73,8 @@ def record_prompt_variant(config: dict) -> dict | None:
     record = {"prompt_variant": "shortlist" if shortlist else "plain", "shortlist_k": shortlist.get("k"),
               # The retriever that built the training shortlists: predict and the app build the same ones.
               "retriever": shortlist.get("retriever"),
+              # Evidence-window prompts (0: the whole dialogue), made by that retriever.
+              "evidence_window": shortlist.get("evidence_window", 0),
               "prepared_data": display_path(prepared),
               "data_card_sha256": hashlib.sha256(card_file.read_bytes()).hexdigest() if card_file.is_file() else None}
     adapter = REPO_ROOT / config["output_dir"]

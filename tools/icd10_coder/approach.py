@@ -48,6 +48,8 @@ def record(*, name: str, config: dict[str, Any], shortlist: bool, split: str, da
         "prompt": "none (no model)" if kind == "retrieval" else "shortlist" if shortlist else "plain",
         "scorer": "retrieval ranking" if kind == "retrieval" else
                   "choice by likelihood (per character)" if chooses else "generation, parsed codes",
+        # The retriever's fine-tuned query encoder (retrieval runs with --model-arg encoder=DIR).
+        "retriever_encoder": model_args.get("encoder") or None if kind == "retrieval" else None,
         "fusion": None, "split": split, "tasks": tasks, "source_config": source_config,
         "data_card_sha256": hashlib.sha256(data_card.read_bytes()).hexdigest()
         if data_card is not None and data_card.is_file() else None,
@@ -62,6 +64,8 @@ def fused(base: dict[str, Any], name: str, fusion: dict[str, Any]) -> dict[str, 
 def label(rec: dict[str, Any]) -> str:
     """Display name from the record: "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)"."""
     words = FAMILIES.get(rec.get("family", ""), rec.get("name", "?"))
+    if rec.get("family") == "retrieval" and rec.get("retriever_encoder"):
+        words = "Retrieval (fine-tuned encoder)"
     if rec.get("prompt") == "shortlist":
         words += " + shortlist"
     extra = []

@@ -407,6 +407,65 @@ def bench_approach_cost(work: Path, dialogues: int, repeats: int = 3) -> dict[st
     return result
 
 
+# ---------------------------------------------------------------- 7b. prompt cost
+
+
+def bench_prompt_cost(dialogues: int, repeats: int = 3, window_tokens: int = 384) -> dict[str, Any]:
+    """Whole dialogue vs evidence window (:mod:`icd10_coder.window`) on real rows with a top-10 shortlist: tokens
+    per prompt, seconds per row of one LoRA step (forward + backward + AdamW, rank 16 on every linear layer,
+    as recipes/demo-cpu-shortlist.yml) and of scoring the ten candidates (one prompt pass), medians of repeats."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icd10_coder.codes import description
+    from icd10_coder.predictor import Predictor, prompt_messages
+    from icd10_coder.prompts import render_answer
+    from icd10_coder.realdata import read_demo_data
+    from icd10_coder.retrieval import RetrievalSettings, Retriever
+
+    rows = read_demo_data()[:dialogues]
+    retriever = Retriever.fit(RetrievalSettings(neighbours=0))
+    texts = [r["Dialogue"] for r in rows]
+    lists = [[code for code, _ in found] for found in retriever.shortlist(texts, 10)]
+    prompts = {"whole dialogue": [(t, False) for t in texts],
+               f"evidence window ({window_tokens} tokens)": [(retriever.window(t, c, window_tokens), True)
+                                                              for t, c in zip(texts, lists, strict=True)]}
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL)
+    scorer = Predictor(EMBEDDED_MODEL, None, constrain=False, device="cpu")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    result: dict[str, Any] = {"dialogues": len(rows), "repeats": repeats,
+                              "settings": "embedded SmolLM2-135M fp32 on CPU, real demo dialogues, top-10 shortlist"}
+    for name, items in prompts.items():
+        lengths, train_s, score_s = [], [], []
+        for (text, excerpt), candidates, row in zip(items, lists, rows, strict=True):
+            gold = row["ICD10"]
+            messages = prompt_messages(text, candidates, excerpt) + [
+                {"role": "assistant", "content": render_answer(gold, description(gold) or "")}]
+            ids = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
+            lengths.append(int(ids.shape[1]))
+            steps = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                steps.append(time.perf_counter() - started)
+            train_s.append(median(steps))
+            passes = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                scorer.candidate_loglikelihoods(text, candidates, excerpt)
+                passes.append(time.perf_counter() - started)
+            score_s.append(median(passes))
+        result[name] = {"tokens_per_prompt_median": int(median(lengths)), "tokens_per_prompt_max": max(lengths),
+                        "lora_s_per_row": round(median(train_s), 2), "scoring_s_per_row": round(median(score_s), 2)}
+    return result
+
+
 # ---------------------------------------------------------------- 8. app
 
 
@@ -508,9 +567,22 @@ def markdown(bench: dict[str, Any]) -> str:
         lines += [f"| {name} | {v['s_per_dialogue']} | {v['repeats']} |" for name, v in c.items()
                   if isinstance(v, dict)]
         lines.append(f"\nOne prompt pass makes choice by likelihood {c['choice_speedup']}x faster.")
+    if "prompt_cost" in bench:
+        lines += [""] + prompt_cost_markdown(bench["prompt_cost"])
     if "app" in bench:
         lines += ["", "Workbench (make app):", ""] + app_markdown(bench["app"])
     return "\n".join(lines) + "\n"
+
+
+def prompt_cost_markdown(c: dict[str, Any]) -> list[str]:
+    """The prompt_cost stage as markdown lines (also docs/generated/bench-prompt_cost.md with --docs)."""
+    lines = [f"The SLM's prompt, before (whole dialogue) and after (evidence window) ({c['settings']}; "
+             f"{c['dialogues']} dialogues, medians of {c['repeats']} repeats):", "",
+             "| prompt | tokens per prompt (median / max) | LoRA s per row | scoring s per row |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {v['tokens_per_prompt_median']} / {v['tokens_per_prompt_max']} | {v['lora_s_per_row']} "
+              f"| {v['scoring_s_per_row']} |" for name, v in c.items() if isinstance(v, dict)]
+    return lines
 
 
 def app_markdown(a: dict[str, Any]) -> list[str]:

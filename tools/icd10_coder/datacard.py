@@ -28,7 +28,9 @@ def token_lengths(tokenizer_path: str, splits: dict[str, list[Example]]) -> dict
     examples = [e for split in splits.values() for e in split]
     if not examples:
         return None
-    dialogue_tokens = [len(ids) for ids in tokenizer([e.dialogue for e in examples], add_special_tokens=False,
+    # What the prompt shows: the evidence window when there is one, else the whole dialogue.
+    dialogue_tokens = [len(ids) for ids in tokenizer([e.window or e.dialogue for e in examples],
+                                                     add_special_tokens=False,
                                                      return_attention_mask=False)["input_ids"]]
     full_tokens = [n + shell for n, shell in zip(dialogue_tokens, prompt_shell_tokens(tokenizer, examples),
                                                  strict=True)]
@@ -92,13 +94,13 @@ def prompt_shell_tokens(tokenizer, examples: list[Example]) -> list[int]:
     placeholder = "X"  # one token; stands where the dialogue goes
     shells: dict[tuple[str, tuple[str, ...]], int] = {}
     for example in examples:
-        key = (example.code, example.candidates)  # a shortlist makes the shell differ per row
+        key = (example.code, example.candidates, bool(example.window))  # a shortlist: a shell per row
         if key not in shells:
             stub = Example(row_id="", dialogue=placeholder, code=example.code, validity=example.validity,
-                           candidates=example.candidates)
+                           candidates=example.candidates, window=placeholder if example.window else "")
             chat = tokenizer.apply_chat_template(training_record(stub)["messages"], tokenize=False)
             shells[key] = len(tokenizer(chat, add_special_tokens=False)["input_ids"]) - 1
-    return [shells[(e.code, e.candidates)] for e in examples]
+    return [shells[(e.code, e.candidates, bool(e.window))] for e in examples]
 
 
 def percentiles(values: list[int]) -> dict[str, float]:
@@ -157,7 +159,12 @@ def data_card_markdown(card: dict[str, Any]) -> str:
         short = card["shortlist"]
         lines.append(f"- Shortlist in every prompt: top {short['k']} retrieval candidates; gold code in the "
                      "shortlist (recall@k): " + ", ".join(f"{k} {v:.3f}" for k, v in short["recall_at_k"].items())
-                     + f"; gold not in the shortlist: {short['gold_not_in_shortlist']}")
+                     + f" (before the gold code is put on the training lists: "
+                     f"{short['gold_on_training_lists']['inserted']} of {short['gold_on_training_lists']['rows']} "
+                     f"training lists changed; validation and test lists are the retriever's)")
+        lines.append(f"- Retriever's query encoder: {short['retriever'].get('encoder') or 'the base encoder'}; "
+                     "prompts show " + (f"the evidence window (~{short['evidence_window']} tokens)"
+                                        if short.get("evidence_window") else "the whole dialogue"))
         if short.get("choose"):
             lines.append(f"- Trained to choose (--choose): {short['choose']['method']}; gold inserted in "
                          f"{short['choose']['gold_inserted']} of {short['choose']['rows']} train/val rows")

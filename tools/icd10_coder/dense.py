@@ -36,20 +36,24 @@ def ensure_encoder(folder: Path = DENSE_ENCODER) -> Path:
     return folder
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)  # the base encoder and a few fine-tuned ones (an experiment's folds)
 def _load(folder: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
 
 
-def encode(texts: list[str], batch_size: int = 128, progress: str | None = None) -> Any:
-    """Unit-length embeddings (float32 numpy, one row per text); longest texts batched together."""
+def encode(texts: list[str], batch_size: int = 128, progress: str | None = None,
+           encoder: Path | None = None) -> Any:
+    """Unit-length embeddings (float32 numpy, one row per text); longest texts batched together.
+
+    ``encoder``: a fine-tuned query encoder (a sentence-transformers folder, ``tools/train_encoder.py``);
+    None: the base encoder."""
     import numpy as np
     import torch
     from tqdm import tqdm
 
-    tokenizer, model = _load(str(ensure_encoder()))
+    tokenizer, model = _load(str(encoder or ensure_encoder()))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     starts = range(0, len(texts), batch_size)

@@ -24,13 +24,14 @@ BATCH = 64
 
 @register_model("icd10-retrieval")
 class RetrievalLM(LM):
-    """Answers with the retriever's top codes; ``train``: prepared train.jsonl for the neighbour part."""
+    """Answers with the retriever's top codes; ``train``: prepared train.jsonl for the neighbour part;
+    ``encoder``: a fine-tuned query encoder folder for the dense ranking (tools/train_encoder.py)."""
 
     def __init__(self, train: str | None = None, cache_dir: str | None = None,
                  answers: int = 1 + DEFAULT_MAX_ALTERNATIVES, neighbours: int = RetrievalSettings.neighbours,
-                 **_: object) -> None:
+                 encoder: str = "", **_: object) -> None:
         super().__init__()
-        settings = RetrievalSettings(neighbours=int(neighbours))
+        settings = RetrievalSettings(neighbours=int(neighbours), encoder=str(encoder or ""))
         use_train = settings.neighbours and train and Path(train).is_file()
         pairs = read_training_pairs(Path(train)) if use_train else None
         self.retriever = load_or_fit(Path(cache_dir) if cache_dir else None, settings, pairs)

@@ -121,32 +121,45 @@ def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] |
             "raw_answer": answers[0] if answers else ""}
 
 
-def prompt_messages(dialogue: str, candidates: list[str] | None = None) -> list[dict[str, str]]:
+def prompt_messages(dialogue: str, candidates: list[str] | None = None, excerpt: bool = False) -> list[dict[str, str]]:
+    """The chat prompt for a dialogue (or, with ``excerpt``, its evidence window) and shortlist."""
     from icd10_coder.dialogue import clean_dialogue
     from icd10_coder.prompts import chat_messages
 
     cleaned = clean_dialogue(dialogue)
     if not cleaned:
         raise PredictionError("the dialogue is empty")
-    return chat_messages(cleaned, candidates=candidates)
+    return chat_messages(cleaned, candidates=candidates, excerpt=excerpt)
 
 
 class Shortlister:
     """The retrieval shortlist an adapter was trained with, for the same prompts at prediction time."""
 
-    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path, settings: dict[str, Any] | None = None):
-        """``settings``: the retriever record the adapter was trained with (``icd10_prompt.json``); None: defaults."""
+    def __init__(self, k: int, train_jsonl: Path | None, cache_dir: Path, settings: dict[str, Any] | None = None,
+                 window_tokens: int = 0):
+        """``settings``: the retriever record the adapter was trained with (``icd10_prompt.json``); None: defaults.
+        ``window_tokens``: the prompts show evidence windows of this budget (0: the whole dialogue)."""
         from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 
         self.settings = RetrievalSettings.from_record(settings)
         pairs = read_training_pairs(train_jsonl) if train_jsonl and train_jsonl.is_file() else None
         self.k = k
+        self.window_tokens = window_tokens
         self.retriever = load_or_fit(cache_dir, self.settings, pairs if self.settings.neighbours else None)
 
     def __call__(self, dialogues: list[str]) -> list[list[tuple[str, float]]]:
         from icd10_coder.dialogue import clean_dialogue
 
         return self.retriever.shortlist([clean_dialogue(d) for d in dialogues], self.k)
+
+    def prompt_texts(self, dialogues: list[str], lists: list[list[tuple[str, float]]]) -> list[str]:
+        """What each prompt shows: the evidence window for its shortlist, or the dialogue itself."""
+        from icd10_coder.dialogue import clean_dialogue
+
+        if not self.window_tokens:
+            return dialogues
+        return [self.retriever.window(clean_dialogue(d), [code for code, _ in ranked], self.window_tokens)
+                for d, ranked in zip(dialogues, lists, strict=True)]
 
 
 def prompt_variant(adapter: Path | None, shortlist: bool | None) -> tuple[dict[str, Any], bool]:
@@ -189,14 +202,16 @@ class Predictor:
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
         return self.predict_batch([dialogue], top_k)[0]
 
-    def choose(self, dialogue: str, shortlist: list[tuple[str, float]], scoring: Scoring, top_k: int) -> dict[str, Any]:
+    def choose(self, dialogue: str, shortlist: list[tuple[str, float]], scoring: Scoring, top_k: int,
+               excerpt: bool = False) -> dict[str, Any]:
         """Choice by likelihood, the served default: one prompt pass scores every shortlist candidate's answer
         line, fused with the retriever's score and turned into a calibrated probability by the scorer
-        (``choice.score_shortlist``, as fuse scored the evaluated approach). No generation."""
+        (``choice.score_shortlist``, as fuse scored the evaluated approach). No generation. ``excerpt``:
+        ``dialogue`` is the evidence window the approach was evaluated with."""
         from icd10_coder.calibration import band
 
         candidates = [code for code, _ in shortlist]
-        scores = self.candidate_loglikelihoods(dialogue, candidates)
+        scores = self.candidate_loglikelihoods(dialogue, candidates, excerpt)
         scored = score_shortlist(candidates, [total for total, _ in scores], [score for _, score in shortlist],
                                  scoring, token_counts=[n for _, n in scores])
         codes = [{**code_entry(rank, item.code, item.probability), "fused_score": item.fused}
@@ -205,15 +220,16 @@ class Predictor:
         return {"codes": codes, "raw_answer": "", "scored_by": "choice by likelihood, fused with retrieval",
                 "band": band(top), "not_sure": band(top) == NOT_SURE}
 
-    def predict_batch(self, dialogues: list[str], top_k: int,
-                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    def predict_batch(self, dialogues: list[str], top_k: int, candidates: list[list[str]] | None = None,
+                      excerpt: bool = False) -> list[dict[str, Any]]:
         """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes and their
-        confidences; with ``candidates``, each code also gets its probability over the shortlist."""
+        confidences; with ``candidates``, each code also gets its probability over the shortlist. ``excerpt``:
+        the dialogues are evidence windows."""
         import torch
 
         shortlists = candidates or [None] * len(dialogues)
-        inputs = self.tokenizer.apply_chat_template([prompt_messages(d, c) for d, c in zip(dialogues, shortlists,
-                                                                                            strict=True)],
+        inputs = self.tokenizer.apply_chat_template([prompt_messages(d, c, excerpt)
+                                                     for d, c in zip(dialogues, shortlists, strict=True)],
                                                     add_generation_prompt=True, return_tensors="pt",
                                                     return_dict=True, padding=True).to(self.device)
         prompt_length = inputs["input_ids"].shape[1]
@@ -232,27 +248,29 @@ class Predictor:
                    for i in range(len(dialogues))]
         for result, dialogue, shortlist in zip(results, dialogues, shortlists, strict=True):
             if shortlist:
-                over_list = self.shortlist_probabilities(dialogue, shortlist)
+                over_list = self.shortlist_probabilities(dialogue, shortlist, excerpt)
                 for code in result["codes"]:
                     code["shortlist_probability"] = round(over_list.get(code["code"], 0.0), 4)
         return results
 
-    def shortlist_probabilities(self, dialogue: str, candidates: list[str]) -> dict[str, float]:
+    def shortlist_probabilities(self, dialogue: str, candidates: list[str], excerpt: bool = False) -> dict[str, float]:
         """P(answer line | prompt) of each candidate, renormalised over the shortlist (a softmax of the summed
         log-likelihoods: a probability, where the choice task's per-character scores only rank)."""
         import torch
 
-        scores = self.candidate_loglikelihoods(dialogue, candidates)
+        scores = self.candidate_loglikelihoods(dialogue, candidates, excerpt)
         probabilities = torch.softmax(torch.tensor([total for total, _ in scores]), dim=-1).tolist()
         return dict(zip(candidates, probabilities, strict=True))
 
-    def candidate_loglikelihoods(self, dialogue: str, candidates: list[str]) -> list[tuple[float, int]]:
+    def candidate_loglikelihoods(self, dialogue: str, candidates: list[str],
+                                 excerpt: bool = False) -> list[tuple[float, int]]:
         """(summed log-likelihood, token count) of each candidate's answer line after the shortlist prompt: the
-        choice task's numbers, from one prompt pass (``choice.continuation_loglikelihoods``)."""
+        choice task's numbers, from one prompt pass (``choice.continuation_loglikelihoods``). ``excerpt``:
+        ``dialogue`` is an evidence window."""
         from icd10_coder.choice import answer_lines, continuation_loglikelihoods
 
-        prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates), add_generation_prompt=True,
-                                                    tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates, excerpt),
+                                                    add_generation_prompt=True, tokenize=False)
         context = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         lines = [self.tokenizer(line, add_special_tokens=False)["input_ids"] for line in answer_lines(candidates)]
         scores = continuation_loglikelihoods(self.model, context, lines, self.device)
@@ -276,10 +294,10 @@ class VllmPredictor:
         self.params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
 
-    def predict_batch(self, dialogues: list[str], top_k: int,
-                      candidates: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    def predict_batch(self, dialogues: list[str], top_k: int, candidates: list[list[str]] | None = None,
+                      excerpt: bool = False) -> list[dict[str, Any]]:
         shortlists = candidates or [None] * len(dialogues)
-        outputs = self.llm.chat([prompt_messages(d, c) for d, c in zip(dialogues, shortlists, strict=True)],
+        outputs = self.llm.chat([prompt_messages(d, c, excerpt) for d, c in zip(dialogues, shortlists, strict=True)],
                                 self.params, lora_request=self.lora, use_tqdm=False)
         return [rank_codes([output.outputs[0].text.strip()], top_k) for output in outputs]
 
@@ -303,11 +321,13 @@ class Suggester:
         """Ranked codes per dialogue (see :func:`rank_codes`), with the shortlist when one is used."""
         lists = self.shortlister(dialogues) if self.shortlister else None
         codes = [[code for code, _ in ranked] for ranked in lists] if lists else None
+        excerpt = bool(self.shortlister and self.shortlister.window_tokens)
+        texts = self.shortlister.prompt_texts(dialogues, lists) if self.shortlister else dialogues
         if self.chooses:
-            results = [self.predictor.choose(d, shortlist, self.scoring, top_k)
-                       for d, shortlist in zip(dialogues, lists, strict=True)]
+            results = [self.predictor.choose(text, shortlist, self.scoring, top_k, excerpt)
+                       for text, shortlist in zip(texts, lists, strict=True)]
         else:
-            results = self.predictor.predict_batch(dialogues, top_k, codes)
+            results = self.predictor.predict_batch(texts, top_k, codes, excerpt)
         for index, result in enumerate(results):
             if lists:
                 result["shortlist"] = [{"code": code, "description": description(code), "score": score}
@@ -366,13 +386,15 @@ def load_suggester(base_model: str | None, adapter: str | None, *, constrain: bo
                               "--no-shortlist needs --generate (the model then writes a code itself)")
     prompt_record, use_shortlist = prompt_variant(adapter_path, True if record else shortlist)
     if record is not None:  # the served record wins: it is what was evaluated
-        prompt_record = {**prompt_record, "shortlist_k": record["shortlist_k"], "retriever": record["retriever"]}
+        prompt_record = {**prompt_record, "shortlist_k": record["shortlist_k"], "retriever": record["retriever"],
+                         "evidence_window": record.get("evidence_window", 0)}
     shortlister = None
     if use_shortlist:
         prepared = REPO_ROOT / prompt_record["prepared_data"] if prompt_record.get("prepared_data") else None
         shortlister = Shortlister(shortlist_k or prompt_record.get("shortlist_k") or 10,
                                   prepared / "train.jsonl" if prepared else None,
-                                  (workspace or Workspace.at()).retrieval_cache, prompt_record.get("retriever"))
+                                  (workspace or Workspace.at()).retrieval_cache, prompt_record.get("retriever"),
+                                  prompt_record.get("evidence_window") or 0)
     if engine == "vllm":
         predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
     else:

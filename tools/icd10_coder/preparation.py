@@ -48,6 +48,7 @@ class Example:
     group: str = field(default="")  # hash of the dialogue: identical dialogues share a split
     candidates: tuple[str, ...] = ()  # retrieval shortlist shown in the prompt (prepare --shortlist)
     candidate_scores: tuple[float, ...] = ()  # the retriever's score per candidate (fusion: tools/fuse.py)
+    window: str = ""  # the evidence window shown instead of the dialogue (prepare --evidence-window)
 
 
 # ---------------------------------------------------------------- loading
@@ -263,15 +264,22 @@ def teach_choice(splits: dict[str, list[Example]], seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- shortlists
 
 
-def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, neighbours: int = 10) -> dict[str, Any]:
-    """Give every row its top-``k`` retrieval candidates; return recall@k per split for the data card.
+def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, neighbours: int = 10,
+                   encoder: str = "", window_tokens: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Give every row its top-``k`` retrieval candidates (and, with ``window_tokens``, its evidence window);
+    put the gold code on every training list (:func:`records.gold_on_list`); return the data card's part.
 
     The retriever knows all billable codes and the training split's dialogues (nearest
-    neighbours); a training row is never its own neighbour.
+    neighbours); a training row is never its own neighbour. ``encoder``: a fine-tuned query encoder
+    (``tools/train_encoder.py``) for the dense ranking. Recall is measured before the gold code is put on
+    the training lists.
     """
+    import random
+
+    from icd10_coder.records import gold_on_list
     from icd10_coder.retrieval import RetrievalSettings, load_or_fit
 
-    settings = RetrievalSettings(neighbours=neighbours)
+    settings = RetrievalSettings(neighbours=neighbours, encoder=encoder)
     train = [(e.dialogue, e.code) for e in splits["train"]] if neighbours else None
     retriever = load_or_fit(cache_dir, settings, train)
     recall = {}
@@ -286,9 +294,19 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
         for example, ranked in zip(examples, lists, strict=True):
             example.candidates = tuple(code for code, _ in ranked)
             example.candidate_scores = tuple(score for _, score in ranked)
+            if window_tokens:
+                example.window = retriever.window(example.dialogue, list(example.candidates), window_tokens)
         recall[name] = round(sum(e.code in e.candidates for e in examples) / len(examples), 4)
-    return {"k": k, "recall_at_k": recall, "retriever": settings.as_record(),
-            "gold_not_in_shortlist": "kept; the training answer stays the gold code (the list is a hint)"}
+    rng, inserted = random.Random(seed), 0
+    for example in splits["train"]:
+        example.candidates, example.candidate_scores, changed = gold_on_list(
+            example.candidates, example.candidate_scores, example.code, rng)
+        inserted += changed
+    return {"k": k, "recall_at_k": recall, "retriever": settings.as_record(), "evidence_window": window_tokens,
+            "gold_on_training_lists": {"inserted": inserted, "rows": len(splits["train"]),
+                                       "method": "a gold code the lookup missed takes a random place on the "
+                                                 "training list (the last candidate drops off); validation and "
+                                                 "test lists are the retriever's"}}
 
 
 # ---------------------------------------------------------------- writing
@@ -337,7 +355,8 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
 def prepare(*, source: str | None, demo: bool, templated: bool, group_by: str, out: Path, retrieval_cache: Path,
             seed: int, val_fraction: float, test_fraction: float, unseen_fraction: float, code_policy: str,
             deidentify: bool, tokenizer: str, limit: int | None, shortlist_neighbours: int, shortlist_k: int | None,
-            choose: bool, warn: Any = print) -> dict[str, Any]:
+            choose: bool, shortlist_encoder: str = "", evidence_window: int = 0,
+            warn: Any = print) -> dict[str, Any]:
     """Load, clean, split, shortlist, write ``out`` (all files or none); return the data card."""
     from icd10_coder.datacard import over_length_warnings, token_lengths
 
@@ -349,7 +368,8 @@ def prepare(*, source: str | None, demo: bool, templated: bool, group_by: str, o
     if not kept:
         raise PrepareError(f"{source_name}: no usable rows ({dict(dropped)})")
     splits = split_examples(kept, seed, val_fraction, test_fraction, unseen_fraction)
-    shortlist = add_shortlists(splits, shortlist_k, retrieval_cache, shortlist_neighbours) if shortlist_k else None
+    shortlist = add_shortlists(splits, shortlist_k, retrieval_cache, shortlist_neighbours, shortlist_encoder,
+                               evidence_window, seed) if shortlist_k else None
     if shortlist and choose:
         shortlist["choose"] = teach_choice(splits, seed)
     lengths = token_lengths(tokenizer, splits)
@@ -358,7 +378,8 @@ def prepare(*, source: str | None, demo: bool, templated: bool, group_by: str, o
     options = {"seed": seed, "demo": demo, "templated": templated, "group_by": group_by,
                "val_fraction": val_fraction, "test_fraction": test_fraction,
                "unseen_codes": unseen_fraction, "code_policy": code_policy, "deidentify": deidentify,
-               "limit": limit, "shortlist": shortlist_k, "choose": choose}
+               "limit": limit, "shortlist": shortlist_k, "choose": choose, "shortlist_encoder": shortlist_encoder,
+               "evidence_window": evidence_window}
     return write_outputs(out, splits, {"source": source_name, "rows_in": len(rows), "kept": kept,
                                        "dropped": dropped, "lengths": lengths, "options": options,
                                        "shortlist": shortlist})

@@ -43,14 +43,15 @@ def render_system(max_alternatives: int = DEFAULT_MAX_ALTERNATIVES) -> str:
     return _render("system.j2", max_alternatives=max_alternatives)
 
 
-def render_user(dialogue: str, candidates: list[str] | None = None) -> str:
-    """The user message; ``candidates`` (codes, best first) adds the shortlist block."""
+def render_user(dialogue: str, candidates: list[str] | None = None, excerpt: bool = False) -> str:
+    """The user message; ``candidates`` (codes, best first) adds the shortlist block; ``excerpt``: ``dialogue`` is
+    an evidence window (:mod:`icd10_coder.window`), not the whole dialogue."""
     if not dialogue or not dialogue.strip():
         raise ValueError("dialogue is empty")
     from icd10_coder.codes import description
 
     listed = [{"code": code, "description": description(code) or ""} for code in candidates or []]
-    return _render("user.j2", dialogue=dialogue, candidates=listed)
+    return _render("user.j2", dialogue=dialogue, candidates=listed, excerpt=excerpt)
 
 
 def render_answer(code: str, description: str) -> str:
@@ -62,12 +63,12 @@ def render_diagnosis_question(dialogue: str) -> str:
     return _render("diagnosis_phrase.j2", dialogue=dialogue)
 
 
-def chat_messages(dialogue: str, answer: str | None = None,
-                  candidates: list[str] | None = None) -> list[dict[str, str]]:
+def chat_messages(dialogue: str, answer: str | None = None, candidates: list[str] | None = None,
+                  excerpt: bool = False) -> list[dict[str, str]]:
     """System + user (+ assistant) messages in the OpenAI / Hugging Face chat format."""
     messages = [
         {"role": "system", "content": render_system()},
-        {"role": "user", "content": render_user(dialogue, candidates)},
+        {"role": "user", "content": render_user(dialogue, candidates, excerpt)},
     ]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})

@@ -6,6 +6,7 @@ its folds, so a model trains on and is scored with the very prompts everything e
 
 from __future__ import annotations
 
+import random
 from typing import Any, Protocol
 
 
@@ -18,21 +19,23 @@ class Row(Protocol):
     validity: str
     candidates: tuple[str, ...]
     candidate_scores: tuple[float, ...]
+    window: str  # the evidence window the prompt shows instead of the dialogue ("" = the whole dialogue)
 
 
 def training_record(example: Row) -> dict[str, Any]:
     """axolotl chat_template format: system, user and the gold answer as assistant.
 
     ``dialogue`` and ``gold_code`` ride along (axolotl drops columns it does not use) for the
-    retrieval index's nearest-neighbour part. The answer is always the gold code, also when
-    it is missing from the row's shortlist: the list is a hint, not a cage. The shortlist
-    itself rides along too, for the choice task on the validation split.
+    retrieval index's nearest-neighbour part. The answer is always the gold code; a training
+    row's shortlist holds it (:func:`gold_on_list`), a validation row's is the retriever's as
+    it came. The shortlist rides along too, for the choice task on the validation split.
     """
     from icd10_coder.codes import description
     from icd10_coder.prompts import chat_messages, render_answer
 
     answer = render_answer(example.code, description(example.code) or "")
-    return {"messages": chat_messages(example.dialogue, answer, list(example.candidates) or None),
+    return {"messages": chat_messages(example.window or example.dialogue, answer, list(example.candidates) or None,
+                                      excerpt=bool(example.window)),
             "id": example.row_id, "dialogue": example.dialogue, "gold_code": example.code,
             "candidates": list(example.candidates), "candidate_scores": list(example.candidate_scores)}
 
@@ -46,7 +49,8 @@ def evaluation_record(example: Row) -> dict[str, Any]:
     return {
         "id": example.row_id,
         "system": render_system(),
-        "user": render_user(example.dialogue, list(example.candidates) or None),
+        "user": render_user(example.window or example.dialogue, list(example.candidates) or None,
+                            excerpt=bool(example.window)),
         "candidates": list(example.candidates),
         "candidate_scores": list(example.candidate_scores),
         "dialogue": example.dialogue,
@@ -57,3 +61,22 @@ def evaluation_record(example: Row) -> dict[str, Any]:
         "block": place.block if place else None,
         "chapter": place.chapter if place else None,
     }
+
+
+def gold_on_list(candidates: tuple[str, ...], scores: tuple[float, ...], gold: str,
+                 rng: random.Random) -> tuple[tuple[str, ...], tuple[float, ...], bool]:
+    """A training row's shortlist with its gold code on it: unchanged when the retriever found the gold code,
+    else the gold code put at a random position (the last candidate drops off, so K stays K; it takes the
+    score of the candidate whose place it takes). Returns the list, its scores and whether it was changed.
+
+    Choice by likelihood can only pick a listed code: a training prompt whose answer is not on its list
+    teaches the model to write a code it will never be offered (half the rows with a top-10 list).
+    Only training lists are changed; dev and test lists stay exactly as the retriever made them.
+    """
+    if gold in candidates or not candidates:
+        return candidates, scores, False
+    position = rng.randrange(len(candidates))
+    codes, values = list(candidates[:-1]), list(scores[:-1])
+    codes.insert(position, gold)
+    values.insert(position, scores[min(position, len(scores) - 1)])
+    return tuple(codes), tuple(values), True

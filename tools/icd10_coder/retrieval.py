@@ -73,6 +73,9 @@ class RetrievalSettings:
     # Hierarchical: a code also earns its category's rank among category texts (the category's own
     # description and all its codes'); 0 = off.
     category_weight: float = 0.0
+    # The dense ranking's query encoder: a fine-tuned sentence-transformers folder (tools/train_encoder.py,
+    # relative to the checkout) or "" for the base encoder. Code vectors always come from the base encoder.
+    encoder: str = ""
 
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> RetrievalSettings:
@@ -97,7 +100,7 @@ class RetrievalSettings:
 
 # What a knob was before it existed (see RetrievalSettings.from_record).
 LEGACY_SETTINGS: dict[str, Any] = {"query_parts": ("whole",), "part_weight": 1.0, "dense_weight": 0.0,
-                                   "category_weight": 0.0}
+                                   "category_weight": 0.0, "encoder": ""}
 
 
 def code_text(code: str, view: str) -> str:
@@ -136,19 +139,31 @@ def query_text(dialogue: str, part: str) -> str:
     return "\n".join(chosen) or dialogue
 
 
+_SPEAKER = re.compile(r"^([A-Za-z' ]{1,30}):\s*")
+
+
+def speaker_sentences(dialogue: str) -> list[tuple[str, str]]:
+    """(speaker, sentence without its tag) for every sentence of at least three words, in dialogue order; the
+    speaker of a turn's later sentences is the turn's ("" when the dialogue has no tags)."""
+    found = []
+    for line in dialogue.split("\n"):
+        tag = _SPEAKER.match(line.strip())
+        speaker = tag.group(1) if tag else ""
+        for sentence in _SENTENCE.split(line):
+            text = _SPEAKER.sub("", sentence.strip())
+            if len(text.split()) >= 3:
+                found.append((speaker, text))
+    return found
+
+
 def sentences(dialogue: str) -> list[str]:
     """The dialogue's sentences without speaker tags, at least three words each (the dense queries)."""
-    found = []
-    for sentence in _SENTENCE.split(dialogue):
-        text = re.sub(r"^[A-Za-z' ]{1,30}:\s*", "", sentence.strip())
-        if len(text.split()) >= 3:
-            found.append(text)
-    return found or [dialogue]
+    return [text for _, text in speaker_sentences(dialogue)] or [dialogue]
 
 
-# Sentence embeddings of recent dialogues (a study ranks the same rows with many settings): ~60 KB each.
-DENSE_MEMO_SIZE = 1024
-_DENSE_MEMO: dict[str, Any] = {}
+# Sentence embeddings of recent dialogues per encoder (a study ranks the same rows with many settings): ~60 KB each.
+DENSE_MEMO_SIZE = 2048
+_DENSE_MEMO: dict[tuple[str, str], Any] = {}
 
 
 @lru_cache(maxsize=2)
@@ -256,23 +271,50 @@ class Retriever:
             results.append([(code, round(score, 6)) for code, score in ranked])
         return results
 
-    def _dense_scores(self, dialogues: list[str]) -> Any:
-        """Per dialogue and code: the best cosine similarity of any of its sentences to the code's description."""
-        import numpy as np
-
+    def sentence_vectors(self, dialogues: list[str]) -> list[Any]:
+        """Unit vectors of each dialogue's :func:`sentences` under this retriever's query encoder (memoised)."""
         from icd10_coder.dense import encode
 
-        codes = _dense_codes(tuple(self.codes))
-        todo = [d for d in dict.fromkeys(dialogues) if d not in _DENSE_MEMO]
+        path = _encoder_path(self.settings.encoder)
+        # A retrained encoder in the same folder must not meet the old one's vectors.
+        encoder = f"{path}@{(path / 'model.safetensors').stat().st_mtime_ns}" if path else ""
+        todo = [d for d in dict.fromkeys(dialogues) if (encoder, d) not in _DENSE_MEMO]
         split = [sentences(d) for d in todo]
-        vectors = encode([s for group in split for s in group]) if todo else None
+        vectors = encode([s for group in split for s in group], encoder=path) if todo else None
         start = 0
         for dialogue, group in zip(todo, split, strict=True):
             if len(_DENSE_MEMO) >= DENSE_MEMO_SIZE:
                 _DENSE_MEMO.pop(next(iter(_DENSE_MEMO)))
-            _DENSE_MEMO[dialogue] = vectors[start:start + len(group)]
+            _DENSE_MEMO[(encoder, dialogue)] = vectors[start:start + len(group)]
             start += len(group)
-        return np.stack([(_DENSE_MEMO[d] @ codes.T).max(axis=0) for d in dialogues])
+        return [_DENSE_MEMO[(encoder, d)] for d in dialogues]
+
+    def code_vectors(self, codes: list[str]) -> Any:
+        """The fixed (base encoder) description vectors of ``codes``; zeros for a code outside the code set."""
+        import numpy as np
+
+        matrix = _dense_codes(tuple(self.codes))
+        position = _positions(tuple(self.codes))
+        return np.stack([matrix[position[c]] if c in position else np.zeros(matrix.shape[1], dtype=matrix.dtype)
+                         for c in codes]) if codes else np.zeros((0, matrix.shape[1]), dtype=matrix.dtype)
+
+    def _dense_scores(self, dialogues: list[str]) -> Any:
+        """Per dialogue and code: the best cosine similarity of any of its sentences to the code's description."""
+        import numpy as np
+
+        codes = _dense_codes(tuple(self.codes))
+        return np.stack([(vectors @ codes.T).max(axis=0) for vectors in self.sentence_vectors(dialogues)])
+
+    def window(self, dialogue: str, candidates: list[str], budget: int) -> str:
+        """The dialogue's evidence window for ``candidates`` (:func:`icd10_coder.window.evidence_window`)."""
+        from icd10_coder.window import evidence_window
+
+        units = speaker_sentences(dialogue)
+        if not units:
+            return dialogue
+        vectors = self.sentence_vectors([dialogue])[0]
+        similarity = (vectors @ self.code_vectors(candidates).T).max(axis=1) if candidates else vectors[:, 0] * 0
+        return evidence_window(units, [float(s) for s in similarity], budget)
 
     def _neighbour_ranking(self, similarities, exclude_self: list[int | None] | None, i: int) -> list[str]:
         """Codes of the nearest training dialogues, ranked by summed similarity."""
@@ -283,6 +325,24 @@ class Retriever:
             if similarities[j] > 0:
                 votes[self.train_codes[j]] += float(similarities[j])
         return [code for code, _ in sorted(votes.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def _encoder_path(encoder: str) -> Path | None:
+    """A recorded encoder folder as a path on this machine (None: the base encoder)."""
+    if not encoder:
+        return None
+    from icd10_coder.paths import REPO_ROOT
+
+    path = Path(encoder) if Path(encoder).is_absolute() else REPO_ROOT / encoder
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{encoder}: the fine-tuned query encoder is missing (tools/train_encoder.py "
+                                "writes it)")
+    return path
+
+
+@lru_cache(maxsize=2)
+def _positions(codes: tuple[str, ...]) -> dict[str, int]:
+    return {code: index for index, code in enumerate(codes)}
 
 
 def _top(scores, n: int, names: list[str]) -> list[int]:

@@ -26,7 +26,8 @@ def scoring_record(*, approach: str, base_model: str, adapter: str | None, short
                    scoring: dict[str, Any], dev: dict[str, Any], test_calibration: dict[str, Any]) -> dict[str, Any]:
     """One served approach, everything that shapes its prompt or score, with where each value was chosen."""
     return {"version": RECORD_VERSION, "approach": approach, "base_model": base_model, "adapter": adapter,
-            "shortlist_k": shortlist["k"], "retriever": shortlist["retriever"], **scoring,
+            "shortlist_k": shortlist["k"], "retriever": shortlist["retriever"],
+            "evidence_window": shortlist.get("evidence_window", 0), **scoring,
             "chosen_on": dev, "test_calibration": test_calibration}
 
 
