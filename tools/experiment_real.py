@@ -53,6 +53,9 @@ DEFAULTS = Settings()
                    "cores); the encoder learns from every training row.")
 @click.option("--dev-rows", type=click.IntRange(min=1), default=None,
               help="Dev rows per fold (every choice is made on them). Default: every dev row.")
+@click.option("--slm-dev-rows", type=click.IntRange(min=1), default=DEFAULTS.slm_dev_rows, show_default=True,
+              help="Of those, the dev rows per fold the SLMs score for their choices (normalisation, fusion weight, "
+                   "best approach; ~3 s a row).")
 @click.option("--prompt-choice-rows", type=click.IntRange(min=1), default=DEFAULTS.prompt_choice_rows,
               show_default=True, help="Dev rows per fold on which the zero-shot SLM compares the evidence window "
                                       "with the whole dialogue (~2 + ~4 s a row).")
@@ -79,7 +82,8 @@ DEFAULTS = Settings()
 @click.option("--docs/--no-docs", default=True, show_default=True,
               help="Write the tables into docs/generated/experiment-real.md (GUIDE.md) and "
                    "experiment-real-summary.md (README.md).")
-def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | None, prompt_choice_rows: int,
+def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | None, slm_dev_rows: int,
+         prompt_choice_rows: int,
          slm_test_rows: int, test_rows: int | None, shortlist_k: int, window_tokens: int, epochs: int,
          encoder_epochs: float, max_steps: int | None, retrieval_only: bool, quick: bool, from_results: bool,
          docs: bool) -> None:
@@ -104,7 +108,7 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
         rows = load_real_rows()
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    settings = Settings(folds=folds, seed=seed, lora_rows=lora_rows, dev_rows=dev_rows,
+    settings = Settings(folds=folds, seed=seed, lora_rows=lora_rows, dev_rows=dev_rows, slm_dev_rows=slm_dev_rows,
                         prompt_choice_rows=prompt_choice_rows, slm_test_rows=slm_test_rows, shortlist_k=shortlist_k,
                         window_tokens=window_tokens, epochs=epochs, encoder_epochs=encoder_epochs, max_steps=max_steps,
                         retrieval_only=retrieval_only)
@@ -142,6 +146,7 @@ def command_line(results: dict[str, Any]) -> str:
     if results.get("quick"):
         return "python tools/experiment_real.py --quick"
     options = {"folds": "--folds", "seed": "--seed", "lora_rows": "--lora-rows", "dev_rows": "--dev-rows",
+               "slm_dev_rows": "--slm-dev-rows",
                "prompt_choice_rows": "--prompt-choice-rows", "slm_test_rows": "--slm-test-rows",
                "shortlist_k": "--shortlist-k", "window_tokens": "--window-tokens", "epochs": "--epochs",
                "encoder_epochs": "--encoder-epochs", "max_steps": "--max-steps"}
@@ -170,7 +175,8 @@ def header_text(results: dict[str, Any]) -> str:
                 "(`--retrieval-only`)")
     else:
         what = (f"the encoder fine-tuned on every training row, the LoRA on {settings['lora_rows']} of them per fold "
-                f"(gold code on every training list); every choice made on dev (`choices.json`); every test row "
+                f"(gold code on every training list); every choice made on dev (`choices.json`; the SLMs' on "
+                f"{settings.get('slm_dev_rows') or 'every'} dev rows per fold); every test row "
                 f"ranked by both retrieval approaches, {settings['slm_test_rows']} per fold scored by the SLM "
                 "approaches, once")
     return (f"{rows} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), {settings['folds']} "

@@ -10,8 +10,9 @@ siblings are trained on: there is one test condition, unseen categories):
    or whole dialogue) by the zero-shot SLM's choice exact match on dev rows; the LoRA trained on
    ``lora_rows`` training rows with the gold code on every training list
    (``recipes/demo-cpu-shortlist.yml``); then for the zero-shot and the finetuned SLM the score
-   normalisation and the fusion weight on the fold's dev rows; the best model approach on the pooled
-   dev rows. Every choice is written to ``choices.json`` with the split it was made on.
+   normalisation and the fusion weight on ``slm_dev_rows`` of the fold's dev rows (the CPU budget: every
+   SLM-scored row costs ~3 s a model); the best model approach on the pooled SLM dev rows.
+   Every choice is written to ``choices.json`` with the split it was made on.
 2. **test stage** — only now are the fold's test rows taken: both retrieval approaches rank every test
    row; the SLM approaches score ``slm_test_rows`` of them, once, with the choices above.
 
@@ -74,7 +75,8 @@ class Settings:
     seed: int = 0
     dev_share: float = 0.10  # of all categories: ~155 dev rows per fold, every one used for every choice
     lora_rows: int | None = 300  # training rows the LoRA learns from per fold (the encoder: every row)
-    dev_rows: int | None = None  # None: every dev row
+    dev_rows: int | None = None  # None: every dev row (the encoder's evaluation and the retriever choices)
+    slm_dev_rows: int | None = 60  # of those, the rows the SLMs score for their choices (None: all; ~3 s a row)
     prompt_choice_rows: int | None = 20  # dev rows per fold on which the zero-shot SLM compares the two prompts
     slm_test_rows: int | None = 270  # test rows per fold the SLM approaches score (retrieval: every test row)
     shortlist_k: int = 10
@@ -503,7 +505,9 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
                                  "why": "not tuned: one training per fold fits the CPU budget"}}
         if settings.retrieval_only:
             continue
-        dev[fold.index] = shortlist(retrievers[fold.index][listed], dev_rows, k, settings.window_tokens)
+        slm_dev = subsample(dev_rows, settings.slm_dev_rows, seed=f"{settings.seed}-{fold.index}-slm-dev")
+        journal.write("take", fold=fold.index, split="dev (SLM)", rows=len(slm_dev))
+        dev[fold.index] = shortlist(retrievers[fold.index][listed], slm_dev, k, settings.window_tokens)
         # 3. Evidence window or whole dialogue: the zero-shot SLM on the same dev rows, both prompts.
         compared = subsample(dev[fold.index], settings.prompt_choice_rows, seed=f"{settings.seed}-{fold.index}-prompt")
         whole = [replace(r, window="", loglikelihoods={}) for r in compared]
