@@ -114,7 +114,7 @@ eval: setup ## Evaluate EVAL_CONFIGS with lm-eval on RECIPE's model (results und
 report: setup ## Compare the evaluated approaches: outputs/report/ + MLflow
 	$(PY) tools/report.py
 
-demo: setup ## The whole comparison offline on the 100 embedded real dialogues, in outputs/demo/ (~12 min on 2 CPU cores)
+demo: setup ## The whole comparison offline on the 100 embedded real dialogues, in outputs/demo/ (time: README)
 	$(HUB_OFFLINE) $(PY) tools/demo.py --workspace $(DEMO_WORKSPACE)
 
 # Without an LLM endpoint both still evaluate the SLMs; the report names the LLM missing, with why.

@@ -27,9 +27,9 @@ from conftest import REPO
 
 from icd10_coder import audit, calibration, choice, serving
 from icd10_coder.codes import is_billable, search
+from icd10_coder.dialogue_input import MAX_DIALOGUE_CHARS, PredictionError, parse_dialogues
 from icd10_coder.evidence import evidence, highlighted, sentences
 from icd10_coder.offline import subprocess_env
-from icd10_coder.predictor import MAX_DIALOGUE_CHARS, PredictionError, parse_dialogues
 
 DIALOGUE = ("[doctor]: What brings you in today?[patient]: I'm always thirsty and I pee a lot. It has been going on "
             "for about a month.[doctor]: Your blood sugar is high. Based on what you describe, this is type 2 "
@@ -39,9 +39,9 @@ SCREENS = REPO / "outputs" / "test-app-screens"
 
 def real_dialogues(count: int) -> list[str]:
     """Real MedSynth dialogues from the embedded demo data (committed: no shared folder needed)."""
-    from icd10_coder.realdata import read_demo_data
+    from icd10_coder.realdata import read_embedded_rows
 
-    return [row["Dialogue"] for row in read_demo_data()[:count]]
+    return [row["Dialogue"] for row in read_embedded_rows()[:count]]
 
 
 def write_serving_record(workspace: Path) -> Path:

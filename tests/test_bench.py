@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from icd10_coder import benchmarks as bench
+from icd10_coder.benchmarks.data import padded_share
 
 
 def test_padding_shares_on_known_lengths():
     # two batches of 2: [10, 10] wastes nothing, [10, 5] wastes 5 of 20
-    assert bench._padded_share([[10, 10], [10, 5]]) == 35 / 40
+    assert padded_share([[10, 10], [10, 5]]) == 35 / 40
     lengths = [100, 100, 50, 50]
     assert bench.length_grouped_batches(lengths, 2) == 1.0  # sorted: [100, 100], [50, 50]
     assert bench.packed([60, 50, 40, 30, 20], 100) == 200 / 200  # 60+40, 50+30+20

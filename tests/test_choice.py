@@ -11,7 +11,9 @@ from conftest import prepare_templated
 
 import fuse
 import run_eval
-from icd10_coder import choice, reporting
+from icd10_coder import approach, choice, reporting
+from icd10_coder.paths import EMBEDDED_MODEL, display_path
+from icd10_coder.retrieval import RetrievalSettings
 from icd10_coder.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,12 +162,9 @@ def test_run_eval_routes_choice_configs(tmp_path, choose_data):
     assert test["tasks"] == ["icd10_medsynth_choice"] and test["output_path"].endswith("baseline-slm-choice-shortlist")
 
 
-def test_labels_name_every_variant():
-    assert reporting.label("finetuned-slm-shortlist") == "Finetuned SLM + shortlist"
-    assert reporting.label("baseline-slm-choice-shortlist") == "Baseline SLM + shortlist (choice by likelihood)"
-    assert reporting.label("finetuned-slm-choose-choice-shortlist-fused") == \
-        "Finetuned SLM trained to choose + shortlist (choice by likelihood, fused with retrieval)"
-    assert reporting.label("retrieval") == "Retrieval (no model)" and reporting.label("my-run") == "my-run"
+def test_folder_names_alone_label_only_the_four_families():
+    assert reporting.label("retrieval") == "Retrieval (no model)" and reporting.label("baseline-llm") == "Baseline LLM"
+    assert reporting.label("finetuned-slm-shortlist") == "finetuned-slm-shortlist"  # no parsing of names
 
 
 def write_choice_log(folder: Path, task: str, docs: list[dict], model_scores: list[list[float]]) -> None:
@@ -193,6 +192,12 @@ def test_fuse_chooses_the_weight_on_validation_and_applies_it_to_test_once(tmp_p
     test_docs = [doc(10, "I10"), doc(11, "E11.9")]
     write_choice_log(space.eval_dir / name / "m", "icd10_medsynth_choice_unseen", test_docs,
                      [[-3.0, -0.5, -2.0], [-0.2, -3.0, -2.0]])
+    refused = CliRunner().invoke(fuse.main, [name, "--workspace", str(space.root)])
+    assert refused.exit_code != 0 and "has no approach.json" in refused.output  # what was fused must say what it is
+    approach.write(space.eval_dir / name, approach.record(
+        name=name, config={"model": "icd10-hf-choice", "model_args": {"pretrained": "m", "peft": "a"},
+                           "tasks": ["icd10_medsynth_choice_unseen"]},
+        shortlist=True, split="test", data_card=None, adapter_dir=None, source_config="recipes/eval/x.yml"))
     result = CliRunner().invoke(fuse.main, [name, "--workspace", str(space.root)])
     assert result.exit_code == 0, result.output
     fused = space.eval_dir / (name + fuse.FUSED_SUFFIX)
@@ -203,7 +208,7 @@ def test_fuse_chooses_the_weight_on_validation_and_applies_it_to_test_once(tmp_p
     assert curve["0.0"] == 0.0 and curve["0.3"] == 0.0 and curve["0.35"] == 1.0
     loaded = reporting.load_approach(fused, reporting.UNSEEN_TASK)
     assert loaded is not None and loaded.n == 2 and loaded.per_item("exact_match") == {"row-10": 1, "row-11": 1}
-    assert reporting.label(fused.name).endswith("(choice by likelihood, fused with retrieval)")
+    assert loaded.label == "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)"
 
 
 def test_fuse_refuses_without_validation_scores(tmp_path):
@@ -214,16 +219,21 @@ def test_fuse_refuses_without_validation_scores(tmp_path):
 # ---------------------------------------------------------------- the served score and its calibration
 
 
-def test_score_shortlist_ranks_as_the_fused_rank_and_gives_a_distribution():
-    candidates = ["E11.9", "I10", "J06.9", "K21.9"]
-    lls, retrieval = [-30.0, -12.0, -25.0, -12.5], [0.9, 0.2, 0.5, 0.1]
-    for weight in (0.0, 0.35, 1.0):
-        scoring = choice.Scoring(fusion_weight=weight, temperature=0.2)
-        scored = choice.score_shortlist(candidates, lls, retrieval, scoring)
-        expected = choice.rank(candidates, choice.fused_scores(choice.per_char(lls, candidates), retrieval, weight))
-        assert [s.code for s in scored] == expected
-        assert sum(s.probability for s in scored) == pytest.approx(1.0)
-        assert [s.probability for s in scored] == sorted((s.probability for s in scored), reverse=True)
+def test_score_shortlist_on_a_hand_worked_list():
+    """Summed log-likelihoods [-4, -1, -2] min-max to [0, 1, 2/3]; retrieval [0.9, 0.1, 0.5] to [1, 0, 1/2]."""
+    candidates, lls, retrieval = ["E11.9", "I10", "J06.9"], [-4.0, -1.0, -2.0], [0.9, 0.1, 0.5]
+
+    def scored(weight: float, temperature: float = 1.0) -> list:
+        return choice.score_shortlist(candidates, lls, retrieval, choice.Scoring("sum", weight, temperature))
+
+    assert [s.code for s in scored(0.0)] == ["E11.9", "J06.9", "I10"]  # the retriever's order
+    assert [s.code for s in scored(1.0)] == ["I10", "J06.9", "E11.9"]  # the model's order
+    # Weight 1/2: E11.9 and I10 both 0.5, J06.9 2/3 x 1/2 + 1/2 x 1/2 = 0.5833; the tie keeps the list's order.
+    half = scored(0.5)
+    assert [s.code for s in half] == ["J06.9", "E11.9", "I10"]
+    assert [s.fused for s in half] == [pytest.approx(0.583333), 0.5, 0.5]
+    # Weight 1, temperature 1/2: softmax of [0, 2, 4/3] = 0.6065 / 0.3114 / 0.0821.
+    assert [round(s.probability, 4) for s in scored(1.0, 0.5)] == [0.6065, 0.3114, 0.0821]
     # A higher temperature spreads the probability: the top candidate gets less.
     cold = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=0.05))
     warm = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=1.0))
@@ -254,7 +264,8 @@ def test_the_served_record_is_the_best_on_dev_and_a_tie_goes_to_the_finetuned_on
 
     def record(name: str, exact: float, adapter: str | None) -> dict:
         return serving.scoring_record(approach=name, base_model="m", adapter=adapter,
-                                      shortlist={"k": 10, "retriever": {}}, scoring=choice.Scoring().as_record(),
+                                      shortlist={"k": 10, "retriever": RetrievalSettings().as_record()},
+                                      scoring=choice.Scoring().as_record(),
                                       dev={"split": "val", "rows": 9, "exact_match": exact}, test_calibration={})
 
     base, tuned = record("baseline-fused", 0.5, None), record("finetuned-fused", 0.5, "adapters/x")
@@ -287,6 +298,8 @@ def test_approach_records_name_what_ran_without_reading_folder_names(tmp_path):
     assert retrieval["family"] == "retrieval" and approach.label(retrieval) == "Retrieval (no model)"
     llm = rec("local-chat-completions", {"model": "m", "base_url": "http://127.0.0.1:1/v1"}, ["icd10_medsynth"], True)
     assert approach.label(llm) == "Baseline LLM + shortlist"
+    stand_in = rec("local-chat-completions", {"model": display_path(EMBEDDED_MODEL)}, ["icd10_medsynth"], True)
+    assert approach.label(stand_in).startswith("Baseline LLM stand-in (the embedded SLM")  # the demo's: marked
     tuned = rec("icd10-hf-choice", {"pretrained": "m", "peft": "a"}, ["icd10_medsynth_choice"], True)
     assert tuned["adapter"] == "a" and approach.label(tuned) == "Finetuned SLM + shortlist (choice by likelihood)"
     fused = approach.fused(tuned, "other-name", {"fusion_weight": 0.5})

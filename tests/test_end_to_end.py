@@ -146,7 +146,8 @@ def test_report_has_every_approach_on_real_unseen_codes_and_every_metric(demo_ru
     assert "McNemar" in report and "p (Holm)" in report and "codes never trained on" in report
     for label in ("Retrieval (no model)", "Retrieval (fine-tuned encoder)",
                   "Finetuned SLM + shortlist (choice by likelihood, fused with retrieval)",
-                  "Baseline SLM + shortlist (choice by likelihood)", "Baseline LLM + shortlist"):
+                  "Baseline SLM + shortlist (choice by likelihood)",
+                  "Baseline LLM stand-in (the embedded SLM behind the endpoint) + shortlist"):
         assert f"| {label} |" in report
     card = json.loads((workspace / "prepared-shortlist" / "data_card.json").read_text())
     assert card["embedded_demo"] and card["test_codes_seen_in_train"] == 0 and card["rows_kept"] == 100
@@ -192,7 +193,8 @@ def test_the_served_default_is_the_approach_best_on_dev(demo_run, workspace):
 def test_served_prompt_candidates_and_scores_are_the_evaluated_ones(demo_run, workspace):
     """The round trip: for the same test dialogues, predict/app build the prompt, the shortlist (order and
     retrieval scores) and the ranking with probabilities that the evaluated (fused) approach logged."""
-    from icd10_coder.predictor import load_suggester, prompt_messages
+    from icd10_coder.loading import load_suggester
+    from icd10_coder.predictor import prompt_messages
     from icd10_coder.workspace import Workspace
 
     space = Workspace.at(workspace)

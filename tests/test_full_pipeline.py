@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, network_namespace_available, offline_command, pipeline_env
 
-from icd10_coder.demo_data import demo_rows
+from icd10_coder.templated_data import templated_rows
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_make_full_without_endpoint_reports_the_llm_missing_and_leaves_no_dialog
     marker = f"MARKER{uuid.uuid4().hex}"
     source = workspace / "marked.jsonl"
     with source.open("w") as handle:
-        for row in demo_rows():
+        for row in templated_rows():
             handle.write(json.dumps({**row, "Dialogue": row["Dialogue"] + f"\n[patient] My pin is {marker}."}) + "\n")
     os.chmod(source, 0o600)
     started = time.time() - 2

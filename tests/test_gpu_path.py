@@ -91,3 +91,17 @@ def test_mfu_estimate_from_axolotl_log_lines():
     assert figures["tokens_per_s"] == 2000 and figures["peak_gpu_memory_gib"] == 4.25
     assert figures["mfu_estimate"] == pytest.approx(round(6 * 135e6 * 2000 / 989e12, 4))
     assert gpu_check.train_figures(log, params=1, gpu="Unknown GPU")["mfu_estimate"] is None
+
+
+def test_training_again_removes_the_scoring_record_fitted_for_the_old_adapter(launched):
+    import yaml
+
+    space, run = launched
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "qlora.yml"
+    adapter = space.map(yaml.safe_load(recipe.read_text())["output_dir"])
+    adapter.mkdir(parents=True)
+    (adapter / "icd10_scoring.json").write_text("{}")
+    (adapter / "adapter_config.json").write_text("{}")
+    output, _ = run("recipes/qlora.yml")
+    assert not (adapter / "icd10_scoring.json").exists() and "run tools/fuse.py again" in output
+    assert (adapter / "adapter_config.json").exists()  # nothing else is touched

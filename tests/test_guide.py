@@ -91,3 +91,43 @@ def test_every_command_the_readme_shows_exists():
                 assert option in helps[words[1]], (command, option)
         else:
             assert words[0] == "accelerate", f"a README command this test does not know how to check: {command}"
+
+
+def prose(text: str) -> str:
+    """A document without its generated blocks: what was typed by hand."""
+    return re.sub(r"<!-- generated:([\w.-]+) -->\n.*?<!-- /generated:\1 -->", "", text, flags=re.S)
+
+
+def test_the_layout_table_names_every_module_of_the_package():
+    table = GUIDE.split("### Layout", 1)[1]
+    owners = [line.rstrip(" |").rsplit("| ", 1)[1] for line in table.splitlines() if line.startswith("| ")]
+    named = set(re.findall(r"`([a-z_]+\.py|[a-z_]+/)`", "\n".join(owners)))
+    package = REPO / "tools" / "icd10_coder"
+    modules = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    modules |= {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert modules == named, modules ^ named
+
+
+def test_typed_timings_and_row_counts_match_the_generated_files():
+    """Hand-typed figures that a run measured: the demo's minutes, the experiment's hours, the real row counts."""
+    from icd10_coder.realdata import EMBEDDED_ROWS, REAL_FILES
+
+    generated = REPO / "docs" / "generated"
+    demo = re.search(r"\*\*(\d+) min (\d+) s\*\*", (generated / "demo-run.md").read_text())
+    demo_minutes = int(demo.group(1)) + int(demo.group(2)) / 60
+    experiment = (generated / "experiment-real.md").read_text()
+    total_rows = int(re.match(r"(\d+) real MedSynth dialogues", experiment).group(1))
+    file_rows = {sum(1 for line in path.read_text().splitlines() if line.strip()) for path in REAL_FILES
+                 if path.is_file()}
+    full_run = "--retrieval-only" not in experiment.split("\n", 1)[0]
+    experiment_minutes = int(re.search(r"(\d+) min on 2 CPU cores", experiment).group(1))
+    for name in ("README.md", "GUIDE.md", "Makefile"):
+        for line in prose((REPO / name).read_text()).splitlines():
+            if "demo" in line.lower():
+                for claimed in re.findall(r"~\s?(\d+) min", line):
+                    assert abs(int(claimed) - demo_minutes) <= 1, (name, line, demo_minutes)
+            for claimed in re.findall(r"(\d[\d,]*) (?:shared )?real (?:MedSynth )?(?:rows|dialogues)", line):
+                assert int(claimed.replace(",", "")) in {total_rows, EMBEDDED_ROWS, *file_rows}, (name, line)
+            if full_run and "experiment" in line:
+                for hours in re.findall(r"~\s?(\d+(?:\.\d+)?) h\b", line):
+                    assert abs(float(hours) * 60 - experiment_minutes) <= 20, (name, line, experiment_minutes)

@@ -48,9 +48,11 @@ def test_stdin_json_codes_are_valid_and_described(embedded_model):
     assert [c["rank"] for c in answer["codes"]] == list(range(1, len(answer["codes"]) + 1))
     for code in answer["codes"]:
         assert code["billable"] and is_billable(code["code"]) and code["description"]
-        assert 0.0 <= code["confidence"] <= 1.0 and len(code["path"]) == 3  # chapter, block, category
-    # Confidences are shares of one probability mass over the beams.
-    assert sum(c["confidence"] for c in answer["codes"]) <= 1.0 + 1e-6
+        assert 0.0 <= code["beam_share"] <= 1.0 and len(code["path"]) == 3  # chapter, block, category
+        assert code["confidence"] is None  # beam shares are not calibrated: no confidence, no band
+    # Beam shares are shares of one probability mass over the beams.
+    assert sum(c["beam_share"] for c in answer["codes"]) <= 1.0 + 1e-6
+    assert "band" not in answer
 
 
 def test_batch_jsonl_reports_progress_and_throughput(tmp_path, embedded_model):
@@ -161,15 +163,16 @@ def serving_file(folder: Path, weight: float = 0.5, temperature: float = 0.1) ->
 def test_a_served_record_chooses_among_its_shortlist_with_calibrated_probabilities(tmp_path, embedded_model):
     """No generation: the record's K candidates, ranked by the scorer, probabilities over the list, a band."""
     from icd10_coder import calibration, choice
-    from icd10_coder.predictor import PredictionError, load_suggester
-    from icd10_coder.realdata import read_demo_data
+    from icd10_coder.dialogue_input import PredictionError
+    from icd10_coder.loading import load_suggester
+    from icd10_coder.realdata import read_embedded_rows
     from icd10_coder.workspace import Workspace
 
     path = serving_file(tmp_path / "ws")
     space = Workspace.at(tmp_path / "ws")
     suggester = load_suggester(None, None, device="cpu", workspace=space, serving_file=path)
     assert suggester.chooses and suggester.adapter is None and suggester.shortlister.k == 4
-    dialogue = read_demo_data()[0]["Dialogue"]
+    dialogue = read_embedded_rows()[0]["Dialogue"]
     result = suggester.suggest([dialogue], 10)[0]
     shortlist = [c["code"] for c in result["shortlist"]]
     codes = [c["code"] for c in result["codes"]]
@@ -178,24 +181,67 @@ def test_a_served_record_chooses_among_its_shortlist_with_calibrated_probabiliti
     assert sum(confidences) == pytest.approx(1.0, abs=1e-3) and confidences == sorted(confidences, reverse=True)
     assert result["band"] == calibration.band(confidences[0])
     assert result["not_sure"] == (result["band"] == calibration.NOT_SURE)
-    # The same numbers straight from the scorer (what fuse ranked the evaluated test rows with).
-    scores = suggester.predictor.candidate_loglikelihoods(dialogue, shortlist)
-    scored = choice.score_shortlist(shortlist, [t for t, _ in scores], [c["score"] for c in result["shortlist"]],
-                                    suggester.scoring)
-    assert [s.code for s in scored] == codes
-    assert [round(s.probability, 4) for s in scored] == confidences
+    # Derived independently: each candidate's answer line scored by a plain forward pass over prompt + line (no
+    # prefix cache), then fused and softened by hand with the record's weight and temperature.
+    import math
+
+    import torch
+
+    from icd10_coder.predictor import prompt_messages
+
+    model, tokenizer = suggester.predictor.model, suggester.predictor.tokenizer
+    prompt = tokenizer.apply_chat_template(prompt_messages(dialogue, shortlist), add_generation_prompt=True,
+                                           tokenize=False)
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    per_char = []
+    for line in choice.answer_lines(shortlist):
+        tokens = tokenizer(line, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([context + tokens])).logits[0]
+        logprobs = torch.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
+        per_char.append(float(sum(logprobs[i, t] for i, t in enumerate(tokens))) / len(line))
+
+    def minmax(values: list[float]) -> list[float]:
+        return [(v - min(values)) / (max(values) - min(values)) for v in values]
+
+    retrieval = [c["score"] for c in result["shortlist"]]
+    weight, temperature = suggester.scoring.fusion_weight, suggester.scoring.temperature
+    fused = [weight * m + (1 - weight) * r for m, r in zip(minmax(per_char), minmax(retrieval), strict=True)]
+    exps = [math.exp(f / temperature) for f in fused]
+    expected = sorted(zip(shortlist, (e / sum(exps) for e in exps), strict=True), key=lambda item: -item[1])
+    assert codes == [code for code, _ in expected]
+    assert confidences == pytest.approx([p for _, p in expected], abs=1e-3)
     with pytest.raises(PredictionError, match="--generate"):
         load_suggester(None, None, device="cpu", workspace=space, serving_file=path, shortlist=False)
     generating = load_suggester(None, None, device="cpu", workspace=space, serving_file=path, generate=True)
     assert not generating.chooses
 
 
+def test_settings_other_than_the_evaluated_ones_are_refused_or_marked_not_evaluated(tmp_path, embedded_model):
+    from icd10_coder.dialogue_input import PredictionError
+    from icd10_coder.loading import load_suggester
+    from icd10_coder.realdata import read_embedded_rows
+    from icd10_coder.workspace import Workspace
+
+    path, space = serving_file(tmp_path / "ws"), Workspace.at(tmp_path / "ws")
+    with pytest.raises(PredictionError, match=r"--shortlist-k 6 \(evaluated with 4\).*--force"):
+        load_suggester(None, None, device="cpu", workspace=space, serving_file=path, shortlist_k=6)
+    with pytest.raises(PredictionError, match=r"--base-model .*other-model \(evaluated with .*--force"):
+        load_suggester(str(tmp_path / "other-model"), None, device="cpu", workspace=space, serving_file=path)
+    same = load_suggester(None, None, device="cpu", workspace=space, serving_file=path, shortlist_k=4)
+    assert same.not_evaluated is None  # the record's own K is no override
+    forced = load_suggester(None, None, device="cpu", workspace=space, serving_file=path, shortlist_k=6, force=True)
+    result = forced.suggest([read_embedded_rows()[0]["Dialogue"]], 3)[0]
+    assert len(result["shortlist"]) == 6
+    assert result["not_evaluated"] == "not evaluated: --shortlist-k 6 (evaluated with 4)"
+
+
 def test_predict_cli_serves_the_record_and_says_how_sure_it_is(tmp_path, embedded_model):
-    from icd10_coder.realdata import read_demo_data
+    from icd10_coder.realdata import read_embedded_rows
 
     path = serving_file(tmp_path / "ws")
     dialogue = tmp_path / "real.txt"
-    dialogue.write_text(read_demo_data()[1]["Dialogue"])
+    dialogue.write_text(read_embedded_rows()[1]["Dialogue"])
     result = predict(str(dialogue), "--serving", str(path), "--workspace", str(tmp_path / "ws"), "--top-k", "3")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     out = result.stdout.decode()

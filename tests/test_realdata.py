@@ -64,16 +64,16 @@ def test_a_row_without_a_code_is_an_error_that_names_the_line(tmp_path: Path):
 
 
 def test_the_embedded_demo_data_is_small_attributed_and_rebuilt_from_the_shared_rows(tmp_path):
-    from icd10_coder.realdata import DEMO_DATA, DEMO_ROWS, read_demo_data, write_demo_data
+    from icd10_coder.realdata import EMBEDDED_DATA, EMBEDDED_ROWS, read_embedded_rows, write_embedded_rows
 
-    assert DEMO_DATA.stat().st_size < 1_000_000
-    readme = (DEMO_DATA.parent / "README.md").read_text()
+    assert EMBEDDED_DATA.stat().st_size < 1_000_000
+    readme = (EMBEDDED_DATA.parent / "README.md").read_text()
     assert "CC BY 4.0" in readme and "arXiv:2508.01401" in readme and "Rezaie Mianroodi" in readme
-    rows = read_demo_data()
-    assert len(rows) == DEMO_ROWS and len({r["ICD10"] for r in rows}) == DEMO_ROWS
+    rows = read_embedded_rows()
+    assert len(rows) == EMBEDDED_ROWS and len({r["ICD10"] for r in rows}) == EMBEDDED_ROWS
     assert len({r["ICD10"][0] for r in rows}) >= 20  # every chapter letter the shared files cover, or nearly
     if not all(path.is_file() for path in REAL_FILES):
         pytest.skip("the shared real files are absent: the rebuild cannot be compared")
     rebuilt = tmp_path / "demo.jsonl.gz"
-    write_demo_data(rebuilt)
-    assert rebuilt.read_bytes() == DEMO_DATA.read_bytes()
+    write_embedded_rows(rebuilt)
+    assert rebuilt.read_bytes() == EMBEDDED_DATA.read_bytes()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import report
-from icd10_coder import stats
+from icd10_coder import approach, stats
 from icd10_coder.scoring import METRICS, score_codes
 
 GOLD = ["M25.562", "E11.9", "I10", "J06.9", "N39.0", "K21.9", "F41.1", "M54.50", "E11.9", "I10"]
@@ -30,6 +30,10 @@ def write_run(folder: Path, model_args: dict, predictions: list[list[str]]) -> N
     results = {"results": {"icd10_medsynth": {f"{m},parsed_codes": v for m, v in means.items()}},
                "config": {"model_args": model_args}, "n-samples": {"icd10_medsynth": {"effective": len(samples)}}}
     (run / "results_2026-01-01T00-00-00.json").write_text(json.dumps(results))
+    approach.write(folder, approach.record(name=folder.name, config={"model": "hf", "model_args": model_args,
+                                                                     "tasks": ["icd10_medsynth"]},
+                                           shortlist=False, split="test", data_card=None, adapter_dir=None,
+                                           source_config="recipes/eval/baseline-slm.yml"))
     (run / "samples_icd10_medsynth_2026-01-01T00-00-00.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
 
 
@@ -81,6 +85,13 @@ def test_paired_test_is_an_exact_mcnemar(tmp_path, eval_dir):
 def test_no_results_is_a_clear_error(tmp_path):
     result = run_report(tmp_path, tmp_path / "empty", "--no-mlflow")
     assert result.exit_code != 0 and "make eval" in result.output
+
+
+def test_results_without_an_approach_record_are_refused_with_the_command_that_remakes_them(tmp_path, eval_dir):
+    (eval_dir / "finetuned-slm" / approach.RECORD).unlink()
+    result = run_report(tmp_path, eval_dir, "--no-mlflow")
+    assert result.exit_code != 0 and "finetuned-slm has results but no approach.json" in result.output
+    assert "tools/run_eval.py" in result.output and not (tmp_path / "report" / "report.md").exists()
 
 
 def test_runs_are_logged_to_the_workspace_mlflow_store(tmp_path, eval_dir, monkeypatch):

@@ -153,7 +153,8 @@ def test_predict_with_shortlist_shows_it_in_json(tmp_path, embedded_model):
 
 
 def test_query_parts_pick_the_doctors_turns_and_the_sentences_that_name_a_diagnosis():
-    from icd10_coder.retrieval import query_text, sentences
+    from icd10_coder.dialogue import sentences
+    from icd10_coder.retrieval import query_text
 
     dialogue = ("Doctor: How are you? I see you had a cold.\nPatient: My chest is tight.\n"
                 "Doctor: Your symptoms are consistent with asthma. We'll start an inhaler.")
@@ -185,16 +186,19 @@ def test_the_default_retriever_is_the_variant_the_study_chose_on_dev():
     assert VARIANTS[chosen] == replace(RetrievalSettings(), neighbours=0)
 
 
-def test_settings_travel_as_records_and_old_records_keep_the_retriever_they_were_made_with(tmp_path):
+def test_settings_travel_as_records_and_incomplete_records_are_refused(tmp_path):
     from icd10_coder.predictor import Shortlister
 
     assert RetrievalSettings.from_record(RetrievalSettings().as_record()) == RetrievalSettings()
-    old = {"views": ["description", "full"], "neighbours": 0, "neighbour_weight": 1.0, "ngram_max": 3}  # before dense
-    settings = RetrievalSettings.from_record(old)
+    recorded = {**RetrievalSettings().as_record(), "dense_weight": 0.0, "query_parts": ["whole"], "neighbours": 0}
+    settings = RetrievalSettings.from_record(recorded)
     assert settings.dense_weight == 0.0 and settings.query_parts == ("whole",)
     with pytest.raises(ValueError, match="unknown settings"):
-        RetrievalSettings.from_record({**old, "rerank": True})
-    shortlister = Shortlister(5, None, tmp_path, old)  # what predict and the app build for such an adapter
+        RetrievalSettings.from_record({**recorded, "rerank": True})
+    old = {"views": ["description", "full"], "neighbours": 0, "neighbour_weight": 1.0, "ngram_max": 3}  # before dense
+    with pytest.raises(ValueError, match=r"lacks \['category_weight', 'dense_weight', 'encoder'.*make prepare"):
+        RetrievalSettings.from_record(old)
+    shortlister = Shortlister(5, None, tmp_path, recorded)  # what predict and the app build for such an adapter
     dialogue = "Doctor: This is pain in the left knee."
     assert shortlister.settings == settings
     assert shortlister([dialogue]) == Retriever.fit(settings).shortlist([clean_dialogue(dialogue)], 5)

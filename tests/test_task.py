@@ -14,8 +14,7 @@ import pytest
 from conftest import prepare_templated
 
 from icd10_coder.offline import subprocess_env
-from icd10_coder.preparation import Example
-from icd10_coder.records import training_record
+from icd10_coder.records import Example, training_record
 from icd10_coder.scoring import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,13 +22,13 @@ TASKS = str(REPO / "tasks")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
+def templated_data(tmp_path_factory) -> Path:
     return prepare_templated(tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture(scope="module")
 def shortlist_data(tmp_path_factory) -> Path:
-    """Demo data whose prompts carry a top-5 retrieval shortlist."""
+    """Templated data whose prompts carry a top-5 retrieval shortlist."""
     return prepare_templated(tmp_path_factory.mktemp("prepared-shortlist"), "--shortlist", "5")
 
 
@@ -80,18 +79,18 @@ class CaptureChatServer:
 
 
 @pytest.mark.parametrize("variant", ["plain", "shortlist"])
-def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, demo_data, shortlist_data):
+def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, templated_data, shortlist_data):
     """(a) axolotl training record, (b) the lm-eval task's chat context, (c) the API request body."""
     import lm_eval
 
-    demo_data = shortlist_data if variant == "shortlist" else demo_data
-    row = first_test_row(demo_data)
+    templated_data = shortlist_data if variant == "shortlist" else templated_data
+    row = first_test_row(templated_data)
     example = Example(row_id=row["id"], dialogue=row["dialogue"], code=row["gold_code"], validity="billable",
                       candidates=tuple(row["candidates"]))
     training = training_record(example)["messages"]
     assert ("Candidate codes" in row["user"]) == (variant == "shortlist") and len(row["candidates"]) in (0, 5)
 
-    task = task_manager(demo_data).load_task_or_group(["icd10_medsynth"])
+    task = task_manager(templated_data).load_task_or_group(["icd10_medsynth"])
     task = task["icd10_medsynth"] if "icd10_medsynth" in task else next(iter(task.values()))
     captured: list = []
     task.fewshot_context(row, 0, apply_chat_template=True,
@@ -103,7 +102,7 @@ def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, 
         results = lm_eval.simple_evaluate(
             model="local-chat-completions",
             model_args=f"model=capture,base_url={server.url},tokenizer_backend=none,num_concurrent=1",
-            tasks=["icd10_medsynth"], apply_chat_template=True, limit=1, task_manager=task_manager(demo_data),
+            tasks=["icd10_medsynth"], apply_chat_template=True, limit=1, task_manager=task_manager(templated_data),
             log_samples=False)
     finally:
         server.close()
@@ -121,12 +120,12 @@ def test_prompt_is_byte_identical_for_training_lm_eval_and_the_llm_api(variant, 
         assert scores[f"{metric},parsed_codes"] == (0.0 if metric == "parse_failure_rate" else 1.0), metric
 
 
-def test_python_api_with_the_embedded_model(demo_data, embedded_model):
+def test_python_api_with_the_embedded_model(templated_data, embedded_model):
     import lm_eval
 
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={embedded_model},dtype=float32", tasks=["icd10_medsynth"],
-        apply_chat_template=True, limit=2, device="cpu", task_manager=task_manager(demo_data),
+        apply_chat_template=True, limit=2, device="cpu", task_manager=task_manager(templated_data),
         log_samples=True)
     scores = results["results"]["icd10_medsynth"]
     for metric in METRICS:
@@ -136,12 +135,12 @@ def test_python_api_with_the_embedded_model(demo_data, embedded_model):
     assert sample["target"] == sample["doc"]["gold_code"] and "filtered_resps" in sample
 
 
-def test_real_lm_eval_cli(tmp_path, demo_data, embedded_model):
+def test_real_lm_eval_cli(tmp_path, templated_data, embedded_model):
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={embedded_model},dtype=float32",
          "--include_path", "tasks", "--tasks", "icd10_medsynth", "--apply_chat_template", "--limit", "2",
          "--log_samples", "--output_path", str(tmp_path / "out"),
-         "--metadata", json.dumps({"data_dir": str(demo_data)})],
+         "--metadata", json.dumps({"data_dir": str(templated_data)})],
         cwd=REPO, env=subprocess_env(hub_offline=True), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from icd10_coder.dialogue import speaker_sentences
 from icd10_coder.encoder_training import EncoderRecipe, pick_sentences, training_table
 from icd10_coder.records import gold_on_list
-from icd10_coder.retrieval import speaker_sentences
 from icd10_coder.window import evidence_window, tokens
 
 DIALOGUE = ("Doctor: Good morning, what brings you in today?\n"

@@ -9,8 +9,8 @@ The page calls the same predictor as ``tools/predict.py`` (``icd10_coder.predict
 by likelihood and fusion, scored by ``icd10_coder.choice.score_shortlist`` exactly as it was
 evaluated, with the probability calibrated on dev. Confidence bands show the accuracy measured for
 each band on held-out real test rows; below the lowest band the page says "not sure — search the
-codes". An adapter without a scoring record falls back to constrained beam search (bands from
-``make bench``). Evidence
+codes". An adapter without a scoring record falls back to constrained beam search: its beam shares are not
+calibrated, so the page shows no confidence and no band for them. Evidence
 sentences come from ``icd10_coder.evidence``; code search from ``icd10_coder.codes.search``.
 Decisions append to ``<workspace>/audit/decisions.jsonl`` (owner-only; no dialogue text, only
 its hash). Batch results land in ``<workspace>/app/`` (owner-only). The server binds to
@@ -24,29 +24,21 @@ import csv
 import html
 import io
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import audit, calibration  # noqa: E402
-from icd10_coder.codes import chapter_title, description, search, validity  # noqa: E402
-from icd10_coder.evidence import evidence, highlighted  # noqa: E402
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import REPO_ROOT, display_path, private_folder  # noqa: E402
-from icd10_coder.predictor import (  # noqa: E402
-    DEFAULT_SERVING,
-    PredictionError,
-    Suggester,
-    check_length,
-    load_suggester,
-    parse_dialogues,
-    served_model_options,
-)
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder import audit, calibration
+from icd10_coder.codes import chapter_title, description, search, validity
+from icd10_coder.dialogue_input import PredictionError, check_length, parse_dialogues
+from icd10_coder.evidence import evidence, highlighted
+from icd10_coder.loading import DEFAULT_SERVING, load_suggester, served_model_options
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.paths import REPO_ROOT, display_path, private_folder
+from icd10_coder.predictor import Suggester
+from icd10_coder.workspace import Workspace
 
 TOP_K = 5
 BENCH_FILE = REPO_ROOT / "outputs" / "bench" / "bench.json"
@@ -105,6 +97,8 @@ class Workbench:
                       f"{result['codes'][0]['confidence']:.2f}, is in the band where suggestions were mostly wrong "
                       f"({self.band_text(result['codes'][0]['confidence'])}); the right code may not be on the "
                       "shortlist at all. Use the search below. " + status)
+        if result.get("not_evaluated"):
+            status = f"**Not evaluated** ({result['not_evaluated']}): the confidence shown does not apply. " + status
         state = {"dialogue": dialogue, "suggestions": result["codes"]}
         return status, self.table(result["codes"], dialogue), highlighted(dialogue, codes), codes, state
 
@@ -127,11 +121,15 @@ class Workbench:
                      if c.get("shortlist_probability") is not None else "")
             if c.get("fused_score") is not None:
                 extra = f"<br><small>fused score {c['fused_score']:.2f}</small>"
-            confidence = "" if c["confidence"] is None else f"{c['confidence']:.2f}"
+            if c["confidence"] is None:  # generation: a beam share is not calibrated, so it gets no band
+                confidence = "" if c.get("beam_share") is None else f"beam share {c['beam_share']:.2f}<br><small>" \
+                    "not calibrated</small>"
+            else:
+                confidence = f"{c['confidence']:.2f}<br><small>{self.band_text(c['confidence'])}</small>"
             rows.append(
                 f"<tr data-code='{c['code']}'><td>{c['rank']}</td><td><b>{c['code']}</b></td>"
                 f"<td>{html.escape(c['description'] or '(not in ICD-10-CM)')}</td><td>{c['validity']}</td>"
-                f"<td><small>{path}</small></td><td>{confidence}<br><small>{self.band_text(c['confidence'])}</small>"
+                f"<td><small>{path}</small></td><td>{confidence}"
                 f"{extra}</td><td><small>{html.escape(words)}</small></td></tr>")
         head = ("<tr><th>#</th><th>code</th><th>description</th><th>billable?</th><th>chapter › block › category"
                 "</th><th>confidence</th><th>evidence words</th></tr>")
@@ -210,7 +208,7 @@ class Workbench:
         for line, result in enumerate(results, 1):
             for c in result["codes"]:
                 writer.writerow([line, c["rank"], c["code"], c["description"], c["validity"], c["confidence"],
-                                 calibration.band(c["confidence"])])
+                                 calibration.band(c["confidence"]) if c["confidence"] is not None else ""])
         csv_path.write_text(buffer.getvalue())
         for path in (json_path, csv_path):
             path.chmod(0o600)
@@ -321,7 +319,8 @@ def build(bench: Workbench, note: str):
 @click.option("--listen-all", is_flag=True,
               help="Bind to every network interface instead of 127.0.0.1: other machines can then reach the page "
                    "and the dialogues typed into it. Only behind your own access control.")
-def main(adapter: str | None, base_model: str | None, serving_file: Path | None, port: int, top_k: int, device: str,
+def main(adapter: str | None, base_model: str | None, serving_file: Path | None, force: bool, port: int, top_k: int,
+         device: str,
          workspace: str | None,
          listen_all: bool) -> None:
     """Serve the coder's workbench on http://127.0.0.1:PORT."""
@@ -329,7 +328,7 @@ def main(adapter: str | None, base_model: str | None, serving_file: Path | None,
     try:
         space = Workspace.at(workspace)
         suggester = load_suggester(base_model, adapter, device=device, workspace=space,
-                                   serving_file=serving_file or DEFAULT_SERVING)
+                                   serving_file=serving_file or DEFAULT_SERVING, force=force)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     bands, note = measured_bands(suggester)

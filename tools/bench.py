@@ -23,7 +23,6 @@ live in ``icd10_coder.benchmarks``; this file is the command line.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +30,8 @@ from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.benchmarks import (  # noqa: E402
+from icd10_coder.benchmarks import (
+    STAGES,
     app_markdown,
     bench_app,
     bench_approach_cost,
@@ -48,10 +47,7 @@ from icd10_coder.benchmarks import (  # noqa: E402
     prompt_cost_markdown,
     retrieval_markdown,
 )
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-
-STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval", "approach_cost", "prompt_cost",
-          "app")
+from icd10_coder.offline import apply_offline_env
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -34,12 +34,11 @@ from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import serving  # noqa: E402
-from icd10_coder.offline import workspace_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
-from icd10_coder.stages import run  # noqa: E402
-from icd10_coder.workspace import DEMO_WORKSPACE, Workspace  # noqa: E402
+from icd10_coder import serving
+from icd10_coder.offline import workspace_env
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path
+from icd10_coder.stages import run
+from icd10_coder.workspace import DEMO_WORKSPACE, Workspace
 
 RECIPE = "recipes/demo-cpu-shortlist.yml"
 ENCODER_RECIPE = "recipes/encoder-cpu.yml"
@@ -52,7 +51,7 @@ PREPARE_ARGS = [*SPLIT_ARGS, "--shortlist", str(SHORTLIST_K), "--shortlist-neigh
 # The encoder reads the plain split (same seed, same rows) before any shortlist exists.
 ENCODER_ARGS = ["--set", "train_data=data/prepared/train.jsonl", "--set", "dev_data=data/prepared/val.jsonl"]
 # LoRA steps of 2 real dialogues (~8-10 s each with evidence windows on 2 cores): 32 of the ~53 training
-# rows, what fits the demo's ~12 minutes.
+# rows, what fits the demo's budget of 12 minutes on 2 cores.
 TRAIN_STEPS = 16
 CHOICE_CONFIGS = ["recipes/eval/baseline-slm-choice.yml", "recipes/eval/finetuned-slm-choice.yml"]
 FUSED = ["baseline-slm-choice-shortlist", "finetuned-slm-choice-shortlist"]
@@ -113,7 +112,10 @@ def choose_served(space: Workspace) -> dict:
 @click.option("--workspace", default=str(DEMO_WORKSPACE.relative_to(REPO_ROOT)), show_default=True, metavar="DIR",
               help="The demo's own workspace; its earlier demo results are replaced. Never the checkout itself.")
 @click.option("--skip-llm", is_flag=True, help="Leave out the Baseline LLM (it is then reported as missing).")
-def main(workspace: str, skip_llm: bool) -> None:
+@click.option("--docs", is_flag=True,
+              help="Also write this run's rows and stage times to docs/generated/demo-run.md (README and GUIDE show "
+                   "it; run it on an otherwise idle machine).")
+def main(workspace: str, skip_llm: bool, docs: bool) -> None:
     """Run the offline demo end to end in its own workspace and write its report."""
     if not (EMBEDDED_MODEL / "config.json").is_file():
         raise click.ClickException(f"{EMBEDDED_MODEL} is missing: run `make setup` first")
@@ -171,6 +173,23 @@ def main(workspace: str, skip_llm: bool) -> None:
                f"{served['chosen_on']['exact_match']:.3f}; {display_path(space.serving_file)})")
     click.echo(f"Report: {display_path(space.report_dir)}/report.md; MLflow: mlflow ui --backend-store-uri "
                f"{space.recipe_tracking_uri()}")
+    if docs:
+        from icd10_coder.generated import write_generated
+
+        card = json.loads((space.prepared_shortlist / "data_card.json").read_text())
+        click.echo(f"wrote {display_path(write_generated('demo-run', run_summary(card, timings)))}")
+
+
+def run_summary(card: dict, timings: dict[str, float]) -> str:
+    """What README and GUIDE say of the demo's size and time: this run's data card and stage times."""
+    import platform
+
+    splits = ", ".join(f"{name} {count}" for name, count in card["splits"].items())
+    minutes, seconds = divmod(round(timings["total"]), 60)
+    stages = "; ".join(f"{name} {value:.0f} s" for name, value in timings.items() if name != "total")
+    return (f"`make demo` (`python tools/demo.py --docs`), {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores "
+            f"({platform.machine()}), after `make setup`: **{minutes} min {seconds} s** for {card['rows_kept']} "
+            f"embedded real dialogues (rows per split: {splits}). Stage times: {stages}.\n")
 
 
 if __name__ == "__main__":

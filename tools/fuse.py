@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ from typing import Any
 import click
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import approach, calibration, choice, serving  # noqa: E402
-from icd10_coder.paths import display_path, make_private, newest  # noqa: E402
-from icd10_coder.scoring import METRICS, score_codes  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder import approach, calibration, choice, serving
+from icd10_coder.jsonl import read_jsonl, write_jsonl
+from icd10_coder.paths import display_path, make_private, newest
+from icd10_coder.scoring import METRICS, score_codes
+from icd10_coder.workspace import Workspace
 
 CHOICE_TASK = "icd10_medsynth_choice"
 TEST_TASKS = (CHOICE_TASK, "icd10_medsynth_choice_unseen")
@@ -44,10 +43,6 @@ FUSED_SUFFIX = serving.FUSED_SUFFIX
 def newest_samples(folder: Path, task: str) -> Path | None:
     """lm-eval's newest per-sample log of ``task`` under ``folder``, found as the report finds it."""
     return newest(folder, f"samples_{task}_[0-9]*.jsonl")
-
-
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def scored_rows(samples: list[dict[str, Any]]) -> list[tuple[list[str], list[float], list[float], str]]:
@@ -117,7 +112,11 @@ def main(name: str, workspace: str | None) -> None:
     if not tests:
         raise click.ClickException(f"no choice-task test scores in {display_path(test_dir)}: run "
                                    "`tools/run_eval.py --shortlist ...` first")
-    validation = read_samples(val_log)
+    base = approach.read(test_dir)
+    if base is None:
+        raise click.ClickException(f"{display_path(test_dir)} has no {approach.RECORD} (written by an older version): "
+                                   "run `tools/run_eval.py --shortlist ...` again")
+    validation = read_jsonl(val_log)
     weight, curve = choice.choose_weight(scored_rows(validation))
     click.echo(f"fusion weight {weight} (validation exact match {curve[weight]:.3f} over {len(validation)} rows; "
                f"retriever alone {curve[0.0]:.3f}, model alone {curve[1.0]:.3f})")
@@ -136,10 +135,9 @@ def main(name: str, workspace: str | None) -> None:
     results: dict[str, Any] = {"results": {}, "n-samples": {}, "config": {"model": "fused", "model_args": model_args}}
     pairs: list[tuple[float, bool]] = []
     for task, path in tests.items():
-        samples = fused_samples(read_samples(path), scoring)
+        samples = fused_samples(read_jsonl(path), scoring)
         pairs += confidence_pairs(samples)
-        with (out / f"samples_{task}_{stamp}.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        write_jsonl(out / f"samples_{task}_{stamp}.jsonl", samples, private=True)
         results["results"][task] = {"alias": task, **means(samples)}
         results["n-samples"][task] = {"original": len(samples), "effective": len(samples)}
         click.echo(f"{task}: exact match {results['results'][task].get('exact_match,none', 0):.3f} "
@@ -157,9 +155,6 @@ def main(name: str, workspace: str | None) -> None:
         "temperature": temperature, "temperature_rule": "least log loss of top-1 correctness on the validation rows",
         "dev_calibration": dev_calibration, "test_calibration": test_calibration,
         "test_samples": {t: display_path(p) for t, p in tests.items()}}, indent=2) + "\n")
-    base = approach.read(test_dir) or approach.record(  # results from before approach records existed
-        name=name, config=recorded, shortlist=True, split="test", data_card=None, adapter_dir=None,
-        source_config=str(recorded.get("source_config", "")))
     approach.write(out, approach.fused(base, out.name, {**scoring.as_record(), "chosen_on": "val",
                                                         "validation_rows": len(validation)}))
     adapter = serving.resolve(model_args.get("peft"))

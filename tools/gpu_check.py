@@ -31,10 +31,9 @@ from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import apply_offline_env, workspace_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.offline import apply_offline_env, workspace_env
+from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path
+from icd10_coder.workspace import Workspace
 
 TOOLS = REPO_ROOT / "tools"
 VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"

@@ -12,8 +12,8 @@ the retrieval shortlist, one prompt pass scoring every candidate (choice by like
 with the retriever and a probability calibrated on dev (``icd10_coder.choice.score_shortlist``);
 below 0.3 it says "not sure — search the codes". Without a record (or with ``--generate``) the
 model generates: with --constrain (default) decoding may only start with a real billable
-ICD-10-CM code; beam search gives the ranked alternatives and each code's confidence (its share
-of the beams' probability mass). On a GPU
+ICD-10-CM code; beam search gives the ranked alternatives and each code's beam share (its share
+of the beams' probability mass; not calibrated, so no confidence and no band). On a GPU
 (``--device auto``) the model runs in bf16 (fp16 on T4/V100) and JSONL input is generated
 in batches (``--batch-size``); ``--engine vllm`` hands large batches to vLLM.
 """
@@ -29,24 +29,21 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.predictor import (  # noqa: E402
-    DEFAULT_SERVING,
-    PredictionError,
-    Predictor,
-    load_suggester,
-    read_dialogues,
-    served_model_options,
-)
-from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.dialogue_input import PredictionError, read_dialogues
+from icd10_coder.loading import DEFAULT_SERVING, load_suggester, served_model_options
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.predictor import Predictor
+from icd10_coder.prompts import PROMPT_RECORD
+from icd10_coder.workspace import Workspace
 
 
 def human(result: dict[str, Any]) -> str:
     lines = [f"{c['rank']}. {c['code']:<9} {c['description'] or '(not in ICD-10-CM)'}  [{c['validity']}]"
              + (f"  confidence {c['confidence']:.2f}" if c.get("confidence") is not None else "")
+             + (f"  beam share {c['beam_share']:.2f}" if c.get("beam_share") is not None else "")
              for c in result["codes"]] or ["(no ICD-10-CM code in the model's answer)"]
+    if result.get("not_evaluated"):
+        lines.append(f"NOT EVALUATED — {result['not_evaluated']}; the confidence and band do not apply")
     if result.get("scored_by"):
         verdict = "not sure — search the codes" if result.get("not_sure") else f"{result['band']} confidence"
         return "\n".join(lines + [f"{verdict} ({result['scored_by']})"])
@@ -75,7 +72,8 @@ def human(result: dict[str, Any]) -> str:
               help="Candidates in the shortlist. Default: the adapter's, else 10.")
 @click.option("--workspace", default=None, metavar="DIR",
               help="Workspace for the retrieval index cache. Default: $ICD10_WORKSPACE, else the checkout.")
-def main(source: str, adapter: str | None, base_model: str | None, serving_file: Path | None, generate: bool,
+def main(source: str, adapter: str | None, base_model: str | None, serving_file: Path | None, force: bool,
+         generate: bool,
          top_k: int, as_json: bool, constrain: bool, device: str, batch_size: int | None, engine: str,
          shortlist: bool | None, shortlist_k: int | None, workspace: str | None) -> None:
     """Suggest ranked ICD-10-CM codes for doctor-patient dialogue(s) in FILE (or '-' for stdin)."""
@@ -87,7 +85,7 @@ def main(source: str, adapter: str | None, base_model: str | None, serving_file:
         suggester = load_suggester(base_model, adapter, constrain=constrain, device=device, engine=engine,
                                    shortlist=shortlist, shortlist_k=shortlist_k, workspace=Workspace.at(workspace),
                                    generate=generate or engine == "vllm",
-                                   serving_file=serving_file or DEFAULT_SERVING)
+                                   serving_file=serving_file or DEFAULT_SERVING, force=force)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     on_gpu = isinstance(suggester.predictor, Predictor) and suggester.predictor.device == "cuda"

@@ -12,17 +12,16 @@ file is the command line. Writes ``train.jsonl / ``val.jsonl`` (chat ``messages`
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.datacard import data_card_markdown  # noqa: E402
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import EMBEDDED_MODEL, display_path  # noqa: E402
-from icd10_coder.preparation import CODE_POLICIES, GROUPINGS, HUB_DATASET, PrepareError, prepare  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.datacard import data_card_markdown
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.paths import EMBEDDED_MODEL, display_path
+from icd10_coder.preparation import CODE_POLICIES, GROUPINGS, HUB_DATASET, prepare
+from icd10_coder.records import PrepareError
+from icd10_coder.workspace import Workspace
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import calibration  # noqa: E402
-from icd10_coder.offline import apply_offline_env  # noqa: E402
-from icd10_coder.paths import display_path  # noqa: E402
-from icd10_coder.reporting import (  # noqa: E402
+from icd10_coder import calibration
+from icd10_coder.offline import apply_offline_env
+from icd10_coder.paths import display_path
+from icd10_coder.reporting import (
     APPROACHES,
     TASK,
     UNSEEN_TASK,
@@ -43,8 +41,8 @@ from icd10_coder.reporting import (  # noqa: E402
     split_title,
     without_nan,
 )
-from icd10_coder.stats import holm  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.stats import holm
+from icd10_coder.workspace import Workspace
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,8 +75,11 @@ def main(workspace: str | None, eval_dir: Path | None, out: Path | None, data_ca
                                   space.prepared / "data_card.json")
     folders = {p.name: p for p in sorted(eval_dir.iterdir()) if p.is_dir()} if eval_dir.is_dir() else {}
     names = list(APPROACHES) + sorted(set(folders) - set(APPROACHES))
-    by_task = {task: {name: load_approach(folders[name], task) if name in folders else None for name in names}
-               for task in (TASK, UNSEEN_TASK)}
+    try:
+        by_task = {task: {name: load_approach(folders[name], task) if name in folders else None for name in names}
+                   for task in (TASK, UNSEEN_TASK)}
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
     approaches = [a for a in by_task[TASK].values() if a is not None]
     unseen = [a for a in by_task[UNSEEN_TASK].values() if a is not None]
     if not approaches and not unseen:

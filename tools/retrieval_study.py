@@ -70,7 +70,7 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
         rewrite = rewrite_recall(subsample(unique_dev, rewrite_rows, seed=f"{seed}-rewrite"),
                                  VARIANTS[chosen], EMBEDDED_MODEL)
         click.echo(f"query rewriting on {rewrite['rows']} dev rows: recall@10 {rewrite['base']['code'][10]:.3f} -> "
-                   f"{rewrite['fused']['code'][10]:.3f} ({rewrite['slm_seconds_per_dialogue']:.1f} s/dialogue)")
+                   f"{rewrite['with_phrase']['code'][10]:.3f} ({rewrite['slm_seconds_per_dialogue']:.1f} s/dialogue)")
     cost = choice_cost(subsample(unique_dev, cost_rows, seed=f"{seed}-cost"), VARIANTS[chosen], EMBEDDED_MODEL) \
         if cost_rows else None
     private_folder(workspace)
@@ -98,7 +98,7 @@ def _extras(rewrite: dict | None, cost: dict | None, chosen: str) -> str:
     """The query-rewriting and K=20 lines under the table."""
     lines = []
     if rewrite:
-        base, fused, alone = (rewrite[key]["code"] for key in ("base", "fused", "phrase_alone"))
+        base, fused, alone = (rewrite[key]["code"] for key in ("base", "with_phrase", "phrase_alone"))
         lines.append(f"\nQuery rewriting (the embedded SLM names the diagnosis in a few words, "
                      f"`prompts/diagnosis_phrase.j2`; the phrase is ranked by TF-IDF + dense and fused with "
                      f"{chosen}), on {rewrite['rows']} of the dev rows: recall@1/10/50 "

@@ -32,12 +32,11 @@ from typing import Any
 import click
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder import approach  # noqa: E402
-from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint, unreachable_reason  # noqa: E402
-from icd10_coder.offline import workspace_env  # noqa: E402
-from icd10_coder.paths import REPO_ROOT, display_path, make_private  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder import approach
+from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint, unreachable_reason
+from icd10_coder.offline import workspace_env
+from icd10_coder.paths import REPO_ROOT, display_path, make_private
+from icd10_coder.workspace import Workspace
 
 TASK = "icd10_medsynth"
 UNSEEN_TASK = "icd10_medsynth_unseen"

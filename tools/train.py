@@ -25,11 +25,11 @@ from pathlib import Path
 import click
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icd10_coder.offline import apply_offline_env, workspace_env  # noqa: E402
-from icd10_coder.paths import REPO_ROOT, display_path, make_private  # noqa: E402
-from icd10_coder.prompts import PROMPT_RECORD  # noqa: E402
-from icd10_coder.workspace import Workspace  # noqa: E402
+from icd10_coder.offline import apply_offline_env, workspace_env
+from icd10_coder.paths import REPO_ROOT, display_path, make_private
+from icd10_coder.prompts import PROMPT_RECORD
+from icd10_coder.serving import SCORING_RECORD
+from icd10_coder.workspace import Workspace
 
 BIN = Path(sys.executable).parent
 
@@ -127,6 +127,11 @@ def main(recipe: Path, workspace: str | None, num_processes: int | None, overrid
         # (measured here: one step of two real dialogues ~48 s at 1 thread).
         threads = max(1, len(os.sched_getaffinity(0)) // (num_processes or 1))
         command += ["--num_cpu_threads_per_process", str(threads)]
+    scoring_record = REPO_ROOT / config["output_dir"] / SCORING_RECORD if config.get("output_dir") else None
+    if scoring_record is not None and scoring_record.is_file():  # it scored the adapter this training replaces
+        scoring_record.unlink()
+        click.echo(f"[train] removed {display_path(scoring_record)}: it was fitted for the old adapter; run "
+                   "tools/fuse.py again after evaluating the new one")
     click.echo(f"[train] effective batch: {effective_batch(config, num_processes)}")
     command += ["-m", "axolotl.cli.train", display_path(trained.resolve()), *overrides]
     click.echo(f"[train] workspace: {space.name}\n[train] accelerate {' '.join(command[1:])}")

@@ -6,13 +6,13 @@ exactly as ``tools/predict.py`` and ``tools/report.py`` do.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import datasets
 
 from icd10_coder import choice
+from icd10_coder.jsonl import read_jsonl
 from icd10_coder.parsing import extract_codes
 from icd10_coder.scoring import score_codes
 from icd10_coder.workspace import Workspace
@@ -26,7 +26,7 @@ def _load_split(file_name: str, data_dir: str | None) -> datasets.DatasetDict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make prepare` first (or point data_dir elsewhere)")
     # Built in memory: no copy of the dialogues lands in the datasets cache (~/.cache).
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(path)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 

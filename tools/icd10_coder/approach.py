@@ -3,7 +3,7 @@
 ``tools/run_eval.py`` writes the record for every lm-eval run from what it actually ran (the model type,
 whether an adapter was loaded, the prompt variant, the task's scorer, the split, the data card);
 ``tools/fuse.py`` writes one for the fused ranking it derives. The report labels and groups approaches
-from these records; a results folder without one (older runs) falls back to its name.
+from these records; a results folder without one is refused (re-run the evaluation that made it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from icd10_coder.audit import adapter_hash
 from icd10_coder.endpoints import API_MODELS
+from icd10_coder.paths import EMBEDDED_MODEL, display_path
 
 RECORD = "approach.json"
 FAMILIES = {"retrieval": "Retrieval (no model)", "baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM",
@@ -22,6 +23,8 @@ FAMILIES = {"retrieval": "Retrieval (no model)", "baseline-llm": "Baseline LLM",
 RETRIEVAL_MODEL = "icd10-retrieval"
 ADAPTER_KEYS = ("peft", "lora_local_path")
 CHOICE_TASK_PREFIX = "icd10_medsynth_choice"
+# The embedded model as the demo serves it behind an OpenAI-compatible endpoint: not a large model.
+STAND_IN_MODELS = {display_path(EMBEDDED_MODEL), str(EMBEDDED_MODEL)}
 
 
 def family(model: str, model_args: dict[str, Any]) -> str:
@@ -66,6 +69,8 @@ def label(rec: dict[str, Any]) -> str:
     words = FAMILIES.get(rec.get("family", ""), rec.get("name", "?"))
     if rec.get("family") == "retrieval" and rec.get("retriever_encoder"):
         words = "Retrieval (fine-tuned encoder)"
+    if rec.get("family") == "baseline-llm" and rec.get("base_model") in STAND_IN_MODELS:
+        words = "Baseline LLM stand-in (the embedded SLM behind the endpoint)"  # make demo: no large model offline
     if rec.get("prompt") == "shortlist":
         words += " + shortlist"
     extra = []

@@ -9,12 +9,12 @@ to its source without becoming a second copy of patient text.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.codes import description
+from icd10_coder.jsonl import append_jsonl
 from icd10_coder.paths import private_folder
 
 ACTIONS = ("accept", "override", "reject")
@@ -44,7 +44,6 @@ def record(folder: Path, *, action: str, code: str | None, dialogue: str, sugges
         raise ValueError(f"unknown decision {action!r} (one of {', '.join(ACTIONS)})")
     if action != "reject" and not code:
         raise ValueError(f"{action} needs a code")
-    from icd10_coder.codes import description
 
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -55,7 +54,5 @@ def record(folder: Path, *, action: str, code: str | None, dialogue: str, sugges
         "decision": {"action": action, "code": code, "description": description(code) if code else None},
     }
     private_folder(folder)
-    handle = os.open(folder / AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(handle, "a", encoding="utf-8") as out:
-        out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    append_jsonl(folder / AUDIT_FILE, entry, private=True)
     return entry

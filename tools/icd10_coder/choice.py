@@ -84,11 +84,12 @@ def fused_scores(model: Sequence[float], retrieval: Sequence[float], weight: flo
 
 
 def retrieval_scores(doc: dict[str, Any]) -> list[float]:
-    """The retriever's score per candidate; rank-based when a record has none (older prepared data)."""
+    """The retriever's score per candidate, as prepare recorded it."""
     scores = doc.get("candidate_scores")
-    if scores and len(scores) == len(doc["candidates"]):
-        return [float(s) for s in scores]
-    return [-float(i) for i in range(len(doc["candidates"]))]
+    if not scores or len(scores) != len(doc["candidates"]):
+        raise ValueError(f"row {doc.get('id', '?')}: no retriever score for each candidate (prepared by an older "
+                         "version): run `make prepare` again")
+    return [float(s) for s in scores]
 
 
 def sample_loglikelihoods(sample: dict[str, Any]) -> list[float]:
@@ -172,9 +173,11 @@ class Scoring:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Scoring:
-        return cls(normalisation=record.get("normalisation", "per_char"),
-                   fusion_weight=float(record.get("fusion_weight", 1.0)),
-                   temperature=float(record.get("temperature", 1.0)))
+        missing = [key for key in ("normalisation", "fusion_weight", "temperature") if key not in record]
+        if missing:
+            raise ValueError(f"scoring record lacks {missing}: written by an older version; run tools/fuse.py again")
+        return cls(normalisation=str(record["normalisation"]), fusion_weight=float(record["fusion_weight"]),
+                   temperature=float(record["temperature"]))
 
 
 @dataclass(frozen=True)

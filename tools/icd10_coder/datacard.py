@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.codes import hierarchy
 from icd10_coder.paths import REPO_ROOT, display_path
-from icd10_coder.preparation import Example, PrepareError
-from icd10_coder.records import training_record
+from icd10_coder.records import Example, PrepareError, training_record
 
 
 def token_lengths(tokenizer_path: str, splits: dict[str, list[Example]]) -> dict[str, Any] | None:
@@ -116,7 +116,6 @@ def percentiles(values: list[int]) -> dict[str, float]:
 def data_card(*, source: str, rows_in: int, kept: list[Example], dropped: Counter,
               splits: dict[str, list[Example]], lengths: dict[str, Any] | None, hashes: dict[str, str],
               options: dict[str, Any], shortlist: dict[str, Any] | None = None) -> dict[str, Any]:
-    from icd10_coder.codes import hierarchy
 
     codes = Counter(e.code for e in kept)
     chapters = Counter((hierarchy(code).chapter or "unknown") for code in codes)

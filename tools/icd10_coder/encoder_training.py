@@ -16,6 +16,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from icd10_coder.codes import billable_codes
+from icd10_coder.dialogue import CUE_PATTERN, sentences
+from icd10_coder.retrieval import code_description_vectors, read_training_pairs
+
 RECIPE_KEYS = ("base_encoder", "output_dir", "train_data", "dev_data", "sentences_per_dialogue", "scale",
                "num_train_epochs", "per_device_train_batch_size", "learning_rate", "warmup_ratio", "weight_decay",
                "seed")
@@ -50,22 +54,9 @@ class EncoderRecipe:
         return cls(**values)
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(dialogue, gold code) of every row of a prepared JSONL file."""
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not row.get("dialogue") or not row.get("gold_code"):
-                raise ValueError(f"{path} line {number}: no dialogue or gold_code")
-            pairs.append((row["dialogue"], row["gold_code"]))
-    return pairs
-
-
 def pick_sentences(dialogue: str, count: int, rng: random.Random) -> list[str]:
     """``count`` sentences of a dialogue for one training step: cue sentences first, then others at random,
     repeated when the dialogue has fewer."""
-    from icd10_coder.retrieval import CUE_PATTERN, sentences
 
     found = sentences(dialogue)
     cues = [s for s in found if CUE_PATTERN.search(s)]
@@ -125,7 +116,6 @@ def recall_evaluator(pairs: list[tuple[str, str]], codes: dict[str, int], code_v
     code by its best sentence, as the retriever's dense ranking does (all of each dialogue's sentences)."""
     from sentence_transformers.base.evaluation import SentenceEvaluator
 
-    from icd10_coder.retrieval import sentences
 
     kept = [(sentences(d), codes[c]) for d, c in pairs if c in codes]
 
@@ -161,18 +151,16 @@ def train_encoder(recipe: EncoderRecipe, train_data: Path, dev_data: Path | None
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.training_args import SentenceTransformerTrainingArguments
 
-    from icd10_coder.codes import billable_codes
-    from icd10_coder.retrieval import _dense_codes
 
     code_list = tuple(billable_codes())
-    code_vectors = _dense_codes(code_list)  # the base encoder's, cached by `make setup`
+    code_vectors = code_description_vectors(code_list)  # the base encoder's, cached by `make setup`
     positions = {code: i for i, code in enumerate(code_list)}
-    pairs = read_pairs(train_data)
+    pairs = read_training_pairs(train_data)
     table, skipped = training_table(pairs, positions, recipe.sentences_per_dialogue, recipe.seed)
     if not table["label"]:
         raise ValueError(f"{train_data}: no row with a billable gold code to train on")
     model = SentenceTransformer(str(base_encoder), device=None)
-    dev_pairs = read_pairs(dev_data) if dev_data and dev_data.is_file() else []
+    dev_pairs = read_training_pairs(dev_data) if dev_data and dev_data.is_file() else []
     evaluator = recall_evaluator(dev_pairs, positions, code_vectors) if dev_pairs else None
     before = evaluator(model) if evaluator else None
     started = time.perf_counter()

@@ -32,10 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icd10_coder import choice
-from icd10_coder.realdata import Fold, RealRow, subsample
+from icd10_coder.approach import label as approach_label
+from icd10_coder.codes import validity
+from icd10_coder.jsonl import append_jsonl, read_jsonl, write_jsonl
+from icd10_coder.paths import REPO_ROOT, display_path, private_folder
+from icd10_coder.realdata import Fold, RealRow, category_folds, subsample
+from icd10_coder.records import gold_on_list, training_record
 from icd10_coder.retrieval import RetrievalSettings, Retriever, recall_at
 from icd10_coder.scoring import score_codes
 from icd10_coder.stats import holm, mcnemar, wilson
+from icd10_coder.workspace import Workspace
 
 if TYPE_CHECKING:
     from icd10_coder.workspace import Workspace
@@ -44,12 +50,13 @@ MODELS = ("baseline", "finetuned")
 RETRIEVAL_APPROACHES = ("retrieval", "retrieval-encoder")
 APPROACHES = (*RETRIEVAL_APPROACHES, "baseline-choice", "baseline-fused", "finetuned-choice", "finetuned-fused")
 MODEL_APPROACHES = APPROACHES[2:]
-LABELS = {"retrieval": "Retrieval (no model)",
-          "retrieval-encoder": "Retrieval (fine-tuned encoder)",
-          "baseline-choice": "Baseline SLM, choice by likelihood",
-          "baseline-fused": "Baseline SLM, choice fused with retrieval",
-          "finetuned-choice": "Finetuned SLM, choice by likelihood",
-          "finetuned-fused": "Finetuned SLM, choice fused with retrieval"}
+# What each compared approach is, as the report's approach records say it (one labelling: approach.label).
+RECORDS = {"retrieval": {"family": "retrieval"},
+           "retrieval-encoder": {"family": "retrieval", "retriever_encoder": "per fold"},
+           **{f"{model}-{how}": {"family": f"{model}-slm", "prompt": "shortlist", "scorer": "choice by likelihood",
+                                 "fusion": {"with": "retrieval"} if how == "fused" else None}
+              for model in MODELS for how in ("choice", "fused")}}
+LABELS = {name: approach_label(record) for name, record in RECORDS.items()}
 TABLES = {"every": "every test row (retrieval approaches)", "slm": "test rows scored by every approach"}
 PROMPTS = ("window", "whole")  # the evidence window (icd10_coder.window) or the whole dialogue
 ZERO_SHOT = "default retriever (zero-shot encoder)"
@@ -112,11 +119,10 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, event: str, **details: Any) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.time(), "event": event, **details}) + "\n")
+        append_jsonl(self.path, {"time": time.time(), "event": event, **details})
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
 
 
 def take(fold: Fold, split: str, limit: int | None, seed: int, journal: Journal) -> list[RealRow]:
@@ -132,7 +138,6 @@ def shortlist(retriever: Retriever, rows: list[RealRow], k: int, window_tokens: 
     """Each row with the retriever's top ``k`` (and, with ``window_tokens``, its evidence window)."""
     from tqdm import tqdm
 
-    from icd10_coder.codes import validity
 
     found: list[list[tuple[str, float]]] = []
     for start in tqdm(range(0, len(rows), 64), desc="shortlist", unit="batch", disable=None):
@@ -386,18 +391,15 @@ ToolRunner = Callable[[str, list[str], "Workspace"], None]
 
 def fold_workspace(space: Workspace, fold: int) -> Workspace:
     """Each fold trains in its own workspace inside the experiment's (prepared data, adapter, encoder, MLflow)."""
-    from icd10_coder.workspace import Workspace
 
     return Workspace.at(space.root / f"fold-{fold}")
 
 
 def write_pairs(path: Path, rows: list[RealRow]) -> Path:
     """(dialogue, gold code) rows as the encoder recipe reads them (owner-only: they quote dialogues)."""
-    from icd10_coder.paths import private_folder
 
     private_folder(path.parent)
-    path.write_text("".join(json.dumps({"dialogue": r.dialogue, "gold_code": r.code}) + "\n" for r in rows))
-    return path
+    return write_jsonl(path, ({"dialogue": r.dialogue, "gold_code": r.code} for r in rows), private=True)
 
 
 def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortlisted], k: int,
@@ -407,9 +409,6 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
     adapter's prompt record. Returns how many training lists got the gold code put on."""
     import random
 
-    from icd10_coder.paths import private_folder
-    from icd10_coder.preparation import write_jsonl
-    from icd10_coder.records import gold_on_list, training_record
 
     private_folder(folder)
     rng, inserted = random.Random(seed), 0
@@ -461,8 +460,6 @@ def _best(scores: dict[str, Any], names: Iterable[str], first: str, second: str)
 def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, run_tool: ToolRunner,
                    load_predictor: Callable[[Path | None], Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole protocol (module docstring); returns the results also written to ``space.report_dir``."""
-    from icd10_coder.paths import display_path
-    from icd10_coder.realdata import category_folds
 
     journal = Journal(space.root / "journal.jsonl")
     folds = category_folds(rows, folds=settings.folds, dev_share=settings.dev_share, seed=settings.seed)
@@ -583,7 +580,7 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
     results = summarise(outcomes, best["value"] if best else None, settings)
     results["choices"] = record
     results["fold_sizes"] = [f.sizes() for f in folds]
-    (space.report_dir / "outcomes.jsonl").write_text("".join(json.dumps(o) + "\n" for o in outcomes))
+    write_jsonl(space.report_dir / "outcomes.jsonl", outcomes)
     (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -598,7 +595,6 @@ def _train_overrides(settings: Settings) -> list[str]:
 def _adapter(fold_space: Workspace, settings: Settings) -> Path:
     import yaml
 
-    from icd10_coder.paths import REPO_ROOT
 
     recipe = yaml.safe_load((REPO_ROOT / settings.recipe).read_text())
     return fold_space.map(recipe["output_dir"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from icd10_coder.paths import OFFLINE_ENV_FILE, private_folder
+from icd10_coder.workspace import WORKSPACE_ENV
 
 if TYPE_CHECKING:
     from icd10_coder.workspace import Workspace
@@ -53,7 +54,6 @@ def workspace_env(workspace: Workspace, hub_offline: bool = False) -> dict[str, 
     MLflow store, and the Hugging Face datasets cache (where axolotl copies every dialogue
     it loads) is an owner-only folder inside it instead of ~/.cache.
     """
-    from icd10_coder.workspace import WORKSPACE_ENV
 
     env = subprocess_env(hub_offline=hub_offline)
     env[WORKSPACE_ENV] = str(workspace.root)

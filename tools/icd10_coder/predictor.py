@@ -1,10 +1,16 @@
 """Dialogue in, ranked ICD-10-CM codes out: the one predictor behind ``tools/predict.py`` and the app.
 
+This module scores; :mod:`icd10_coder.loading` picks and loads the served model and
+:mod:`icd10_coder.dialogue_input` checks what a user hands in.
+
 Same prompt templates, dialogue clean-up and answer parser as training and evaluation.
 With ``constrain`` decoding may only start with a real billable ICD-10-CM code; beam search
-gives the ranked alternatives (the first code of each beam). Each code gets a **confidence**:
+gives the ranked alternatives (the first code of each beam). Each code gets its **beam share**:
 the share of the beams' probability mass (softmax over the beams' sequence scores) whose
-answer starts with it. With a shortlist, each code also gets its **shortlist probability**:
+answer starts with it — not calibrated, so it is never called a confidence nor given a band.
+Only choice by likelihood (:meth:`Predictor.choose`) gives a **confidence**: the calibrated
+probability (``choice.score_shortlist``) that a code is the right one, which the bands apply to.
+With a shortlist, each code also gets its **shortlist probability**:
 the model's likelihood of its answer line, normalised over the shortlist (the choice task's
 scores, ``icd10_coder.choice``). On a GPU the model runs in bf16 (fp16 on T4/V100);
 :class:`VllmPredictor` hands large batches to vLLM.
@@ -14,69 +20,30 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icd10_coder.calibration import NOT_SURE
-from icd10_coder.choice import Scoring, score_shortlist
-from icd10_coder.codes import description
-from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT
-from icd10_coder.prompts import PROMPT_RECORD
-from icd10_coder.workspace import DEMO_WORKSPACE, Workspace
+from icd10_coder.calibration import NOT_SURE, band
+from icd10_coder.choice import Scoring, answer_lines, continuation_loglikelihoods, score_shortlist
+from icd10_coder.codes import description, hierarchy, validity
+from icd10_coder.dialogue import clean_dialogue
+from icd10_coder.dialogue_input import PredictionError
+from icd10_coder.parsing import extract_codes
+from icd10_coder.prompts import chat_messages
+from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 
-# A dialogue longer than this is refused: the model's context holds ~8k tokens and real
-# MedSynth dialogues stay under ~10,000 characters.
-MAX_DIALOGUE_CHARS = 100_000
-# Beams searched even when fewer codes are asked for: the confidence needs alternatives.
+# Beams searched even when fewer codes are asked for: the beam shares need alternatives.
 MIN_BEAMS = 3
 
 
-class PredictionError(ValueError):
-    """Bad input or set-up, with a message meant for the user."""
 
 
-# What `make demo` trains on real rows; a real run's adapter is passed explicitly (outputs/adapters/qlora).
-DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu-shortlist"
-# The approach `make demo` found best on dev (base model, adapter, scoring): the default served.
-DEFAULT_SERVING = Workspace.at(DEMO_WORKSPACE).serving_file
 MAX_NEW_TOKENS = 48
 
 
-def served_model_options(command: Any) -> Any:
-    """The --adapter, --base-model and --serving options that predict and the app share (what to serve)."""
-    import click
-
-    from icd10_coder.paths import display_path
-    from icd10_coder.serving import SCORING_RECORD
-
-    options = [
-        click.option("--adapter", default=None, metavar="DIR|none",
-                     help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "
-                          f"Default: the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
-                          f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone."),
-        click.option("--base-model", default=None,
-                     help="Base model: a local folder, or a hub id already in the local cache (the recipe's "
-                          f"base_model). Default: the served record's, else {display_path(EMBEDDED_MODEL)}."),
-        click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused "
-                          f"result's scoring.json. Default: {display_path(DEFAULT_SERVING)}."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
-def pick_device(choice: str) -> str:
-    """``auto``: CUDA when a GPU is visible, else the CPU."""
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise PredictionError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    return choice
 
 
 def pick_dtype(device: str):
@@ -89,8 +56,8 @@ def pick_dtype(device: str):
 
 
 def code_entry(rank: int, code: str, confidence: float | None) -> dict[str, Any]:
-    """One ranked code as predict and the app show it: description, validity, place in the hierarchy."""
-    from icd10_coder.codes import hierarchy, validity
+    """One ranked code as predict and the app show it: description, validity, place in the hierarchy, and its
+    ``confidence`` (a calibrated probability; None where there is none)."""
 
     place = hierarchy(code)
     return {"rank": rank, "code": code, "description": description(code), "validity": validity(code),
@@ -102,10 +69,10 @@ def code_entry(rank: int, code: str, confidence: float | None) -> dict[str, Any]
 def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] | None = None) -> dict[str, Any]:
     """Answers best first (beams, or one answer with alternatives) -> ranked unique codes with descriptions.
 
-    ``beam_probabilities`` (one per answer, summing to 1) give each code its confidence: the
+    ``beam_probabilities`` (one per answer, summing to 1) give each code its ``beam_share``: the
     probability mass of the answers that start with it (0 for a code only named as an alternative).
+    Not calibrated: ``confidence`` stays None.
     """
-    from icd10_coder.parsing import extract_codes
 
     ranked: list[str] = []
     mass: dict[str, float] = {}
@@ -116,15 +83,14 @@ def rank_codes(answers: list[str], top_k: int, beam_probabilities: list[float] |
                 ranked.append(code)
         if codes and beam_probabilities:
             mass[codes[0]] = mass.get(codes[0], 0.0) + beam_probabilities[index]
-    return {"codes": [code_entry(rank, code, mass.get(code, 0.0) if beam_probabilities else None)
+    return {"codes": [{**code_entry(rank, code, None),
+                       "beam_share": round(mass.get(code, 0.0), 4) if beam_probabilities else None}
                       for rank, code in enumerate(ranked[:top_k], 1)],
             "raw_answer": answers[0] if answers else ""}
 
 
 def prompt_messages(dialogue: str, candidates: list[str] | None = None, excerpt: bool = False) -> list[dict[str, str]]:
     """The chat prompt for a dialogue (or, with ``excerpt``, its evidence window) and shortlist."""
-    from icd10_coder.dialogue import clean_dialogue
-    from icd10_coder.prompts import chat_messages
 
     cleaned = clean_dialogue(dialogue)
     if not cleaned:
@@ -139,7 +105,6 @@ class Shortlister:
                  window_tokens: int = 0):
         """``settings``: the retriever record the adapter was trained with (``icd10_prompt.json``); None: defaults.
         ``window_tokens``: the prompts show evidence windows of this budget (0: the whole dialogue)."""
-        from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 
         self.settings = RetrievalSettings.from_record(settings)
         pairs = read_training_pairs(train_jsonl) if train_jsonl and train_jsonl.is_file() else None
@@ -148,13 +113,11 @@ class Shortlister:
         self.retriever = load_or_fit(cache_dir, self.settings, pairs if self.settings.neighbours else None)
 
     def __call__(self, dialogues: list[str]) -> list[list[tuple[str, float]]]:
-        from icd10_coder.dialogue import clean_dialogue
 
         return self.retriever.shortlist([clean_dialogue(d) for d in dialogues], self.k)
 
     def prompt_texts(self, dialogues: list[str], lists: list[list[tuple[str, float]]]) -> list[str]:
         """What each prompt shows: the evidence window for its shortlist, or the dialogue itself."""
-        from icd10_coder.dialogue import clean_dialogue
 
         if not self.window_tokens:
             return dialogues
@@ -162,17 +125,6 @@ class Shortlister:
                 for d, ranked in zip(dialogues, lists, strict=True)]
 
 
-def prompt_variant(adapter: Path | None, shortlist: bool | None) -> tuple[dict[str, Any], bool]:
-    """The adapter's recorded prompt variant, and whether to use the shortlist; a contradiction is an error."""
-    record_file = adapter / PROMPT_RECORD if adapter else None
-    record = json.loads(record_file.read_text()) if record_file and record_file.is_file() else {}
-    trained_with = record.get("prompt_variant")
-    if trained_with and shortlist is not None and shortlist != (trained_with == "shortlist"):
-        wanted = "with" if shortlist else "without"
-        raise PredictionError(f"adapter {adapter} was trained on {trained_with} prompts ({record_file.name}); "
-                              f"prompting it {wanted} the shortlist would not match its training. Drop "
-                              f"--{'' if shortlist else 'no-'}shortlist.")
-    return record, trained_with == "shortlist" if shortlist is None else shortlist
 
 
 class Predictor:
@@ -195,7 +147,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self.constraint = None
         if constrain:
-            from icd10_coder.constrained import CodePrefixConstraint
+            from icd10_coder.constrained import CodePrefixConstraint  # lazy on purpose: imports torch
 
             self.constraint = CodePrefixConstraint(self.tokenizer)
 
@@ -208,7 +160,6 @@ class Predictor:
         line, fused with the retriever's score and turned into a calibrated probability by the scorer
         (``choice.score_shortlist``, as fuse scored the evaluated approach). No generation. ``excerpt``:
         ``dialogue`` is the evidence window the approach was evaluated with."""
-        from icd10_coder.calibration import band
 
         candidates = [code for code, _ in shortlist]
         scores = self.candidate_loglikelihoods(dialogue, candidates, excerpt)
@@ -223,7 +174,7 @@ class Predictor:
     def predict_batch(self, dialogues: list[str], top_k: int, candidates: list[list[str]] | None = None,
                       excerpt: bool = False) -> list[dict[str, Any]]:
         """Beam search over a left-padded batch; the beams of each dialogue give its ranked codes and their
-        confidences; with ``candidates``, each code also gets its probability over the shortlist. ``excerpt``:
+        beam shares; with ``candidates``, each code also gets its probability over the shortlist. ``excerpt``:
         the dialogues are evidence windows."""
         import torch
 
@@ -267,7 +218,6 @@ class Predictor:
         """(summed log-likelihood, token count) of each candidate's answer line after the shortlist prompt: the
         choice task's numbers, from one prompt pass (``choice.continuation_loglikelihoods``). ``excerpt``:
         ``dialogue`` is an evidence window."""
-        from icd10_coder.choice import answer_lines, continuation_loglikelihoods
 
         prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates, excerpt),
                                                     add_generation_prompt=True, tokenize=False)
@@ -312,6 +262,7 @@ class Suggester:
     adapter: Path | None
     scoring: Scoring | None = None  # set: choice by likelihood + fusion (the served default); None: generation
     record: dict[str, Any] | None = None  # the scoring record it was loaded from (serving.json / icd10_scoring.json)
+    not_evaluated: str | None = None  # set when served with settings other than the record's (--force): says which
 
     @property
     def chooses(self) -> bool:
@@ -329,122 +280,25 @@ class Suggester:
         else:
             results = self.predictor.predict_batch(texts, top_k, codes, excerpt)
         for index, result in enumerate(results):
+            if self.not_evaluated:
+                result["not_evaluated"] = self.not_evaluated
             if lists:
                 result["shortlist"] = [{"code": code, "description": description(code), "score": score}
                                        for code, score in lists[index]]
         return results
 
 
-def resolve_adapter(adapter: str | None) -> Path | None:
-    """None: make demo's adapter when it exists; 'none': the base model alone; else a folder that must exist."""
-    if adapter is None:
-        return DEFAULT_ADAPTER if (DEFAULT_ADAPTER / "adapter_config.json").is_file() else None
-    if adapter.lower() == "none":
-        return None
-    path = Path(adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise PredictionError(f"adapter {path}: not found (no adapter_config.json)")
-    return path
 
 
-def served_record(adapter: str | None, serving_file: Path = DEFAULT_SERVING) -> dict[str, Any] | None:
-    """The scoring record to serve: ``make demo``'s choice (``serving.json``) when no adapter is named, else the
-    named adapter's own record (``icd10_scoring.json``); None: no record (generation)."""
-    from icd10_coder import serving
-
-    if adapter is None:
-        if serving_file.is_file():
-            return serving.read_record(serving_file)
-        return serving.read_record(DEFAULT_ADAPTER) if DEFAULT_ADAPTER.is_dir() else None
-    if adapter.lower() == "none":
-        return None
-    return serving.read_record(Path(adapter))
 
 
-def load_suggester(base_model: str | None, adapter: str | None, *, constrain: bool = True, device: str = "auto",
-                   engine: str = "hf", shortlist: bool | None = None, shortlist_k: int | None = None,
-                   workspace: Workspace | None = None, serving_file: Path = DEFAULT_SERVING,
-                   generate: bool = False) -> Suggester:
-    """Check the model folders, load the model, and set up the shortlist and scoring it was evaluated with.
-
-    With no ``adapter``, ``make demo``'s served approach (``serving_file``) when it exists: its base model,
-    adapter (or none), shortlist and scoring. ``generate``: beam search instead of the recorded choice."""
-    from icd10_coder import serving
-
-    record = None if generate else served_record(adapter, serving_file)
-    if record is not None and adapter is None:
-        adapter = record.get("adapter") and str(serving.resolve(record["adapter"])) or "none"
-    if record is not None and record.get("base_model"):
-        base_model = base_model or serving.resolve_model(record["base_model"])
-    base_model = base_model or str(EMBEDDED_MODEL)
-    adapter_path = resolve_adapter(adapter)
-    looks_local = base_model.startswith((".", "/")) or Path(base_model).exists()
-    if looks_local and not (Path(base_model) / "config.json").is_file():
-        raise PredictionError(f"base model {base_model}: not found (no config.json); run `make setup`")
-    if record is not None and shortlist is False:
-        raise PredictionError(f"{record['approach']} chooses among the retrieval shortlist, as it was evaluated; "
-                              "--no-shortlist needs --generate (the model then writes a code itself)")
-    prompt_record, use_shortlist = prompt_variant(adapter_path, True if record else shortlist)
-    if record is not None:  # the served record wins: it is what was evaluated
-        prompt_record = {**prompt_record, "shortlist_k": record["shortlist_k"], "retriever": record["retriever"],
-                         "evidence_window": record.get("evidence_window", 0)}
-    shortlister = None
-    if use_shortlist:
-        prepared = REPO_ROOT / prompt_record["prepared_data"] if prompt_record.get("prepared_data") else None
-        shortlister = Shortlister(shortlist_k or prompt_record.get("shortlist_k") or 10,
-                                  prepared / "train.jsonl" if prepared else None,
-                                  (workspace or Workspace.at()).retrieval_cache, prompt_record.get("retriever"),
-                                  prompt_record.get("evidence_window") or 0)
-    if engine == "vllm":
-        predictor: Predictor | VllmPredictor = VllmPredictor(base_model, adapter_path)
-    else:
-        predictor = Predictor(base_model, adapter_path, constrain, pick_device(device))
-    scoring = Scoring.from_record(record) if record is not None else None
-    return Suggester(predictor, shortlister, base_model, adapter_path, scoring, record)
 
 
-def read_dialogues(source: str) -> tuple[list[str], bool]:
-    """Dialogues from a file or stdin ('-'); JSONL (one object with a dialogue per line) is a batch."""
-    raw = sys.stdin.buffer.read() if source == "-" else _read_file(Path(source))
-    return parse_dialogues(raw, source)
 
 
-def parse_dialogues(raw: bytes, source: str) -> tuple[list[str], bool]:
-    """Dialogue text or JSONL bytes -> (dialogues, is_batch); every problem a clear PredictionError."""
-    if b"\0" in raw:
-        raise PredictionError(f"{source}: looks like a binary file, expected dialogue text or JSONL")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PredictionError(f"{source}: not UTF-8 text ({err.reason})") from err
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all(line.lstrip().startswith("{") for line in lines):
-        dialogues = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PredictionError(f"{source}: line {number} is not valid JSON ({err.msg})") from err
-            value = record.get("dialogue", record.get("Dialogue"))
-            if not isinstance(value, str) or not value.strip():
-                raise PredictionError(f"{source}: line {number} has no 'dialogue' text")
-            dialogues.append(check_length(value, f"{source}: line {number}"))
-        return dialogues, True
-    if not text.strip():
-        raise PredictionError(f"{source}: the dialogue is empty")
-    return [check_length(text, source)], False
 
 
-def check_length(dialogue: str, source: str = "dialogue") -> str:
-    if len(dialogue) > MAX_DIALOGUE_CHARS:
-        raise PredictionError(f"{source}: {len(dialogue):,} characters is more than a dialogue "
-                              f"({MAX_DIALOGUE_CHARS:,} at most); split it or check the file")
-    return dialogue
 
 
-def _read_file(path: Path) -> bytes:
-    if not path.is_file():
-        raise PredictionError(f"{path}: no such file")
-    return path.read_bytes()
 
 

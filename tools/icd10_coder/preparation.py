@@ -14,14 +14,21 @@ import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from icd10_coder import deid
+from icd10_coder.codes import normalize_code, validity
+from icd10_coder.datacard import data_card, data_card_markdown, over_length_warnings, token_lengths
+from icd10_coder.dialogue import clean_dialogue
+from icd10_coder.jsonl import write_jsonl
 from icd10_coder.paths import make_private
-from icd10_coder.records import evaluation_record, training_record
+from icd10_coder.realdata import read_embedded_rows
+from icd10_coder.records import Example, PrepareError, evaluation_record, gold_on_list, training_record
+from icd10_coder.retrieval import RetrievalSettings, load_or_fit
+from icd10_coder.templated_data import templated_rows
 
 HUB_DATASET = "Ahmad0067/MedSynth"
 REQUIRED_COLUMNS = ("Dialogue", "ICD10")
@@ -33,41 +40,19 @@ CODE_POLICIES = {
 }
 
 
-class PrepareError(ValueError):
-    """A problem with the input; reported with the file name, nothing written."""
-
-
-@dataclass
-class Example:
-    """One kept row, cleaned and normalised."""
-
-    row_id: str
-    dialogue: str
-    code: str
-    validity: str
-    group: str = field(default="")  # hash of the dialogue: identical dialogues share a split
-    candidates: tuple[str, ...] = ()  # retrieval shortlist shown in the prompt (prepare --shortlist)
-    candidate_scores: tuple[float, ...] = ()  # the retriever's score per candidate (fusion: tools/fuse.py)
-    window: str = ""  # the evidence window shown instead of the dialogue (prepare --evidence-window)
-
-
 # ---------------------------------------------------------------- loading
 
 
-DEMO_SOURCE = "embedded real MedSynth subset (data/medsynth-demo, CC BY 4.0)"
+EMBEDDED_SOURCE = "embedded real MedSynth subset (data/medsynth-demo, CC BY 4.0)"
 TEMPLATED_SOURCE = "templated synthetic dialogues (prepare --templated; not MedSynth, they state the diagnosis)"
 
 
 def load_rows(source: str | None, demo: bool, templated: bool = False) -> tuple[list[dict[str, Any]], str]:
     """Raw rows and a human name of where they came from."""
     if templated:
-        from icd10_coder.demo_data import demo_rows
-
-        return demo_rows(), TEMPLATED_SOURCE
+        return templated_rows(), TEMPLATED_SOURCE
     if demo:
-        from icd10_coder.realdata import read_demo_data
-
-        return read_demo_data(), DEMO_SOURCE
+        return read_embedded_rows(), EMBEDDED_SOURCE
     import datasets
 
     datasets.disable_progress_bars()
@@ -136,13 +121,8 @@ GROUPINGS = {
 def clean_rows(rows: list[dict[str, Any]], code_policy: str, deidentify: bool,
                group_by: str = "dialogue") -> tuple[list[Example], Counter]:
     """Normalise every row; return the kept examples and the count of dropped rows by reason."""
-    from icd10_coder.codes import normalize_code, validity
-    from icd10_coder.dialogue import clean_dialogue
 
-    scrub = None
-    if deidentify:
-        from icd10_coder.deid import deidentify as scrub
-
+    scrub = deid.deidentify if deidentify else None
     kept: list[Example] = []
     dropped: Counter = Counter()
     seen: set[tuple[str, str]] = set()
@@ -276,8 +256,6 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
     """
     import random
 
-    from icd10_coder.records import gold_on_list
-    from icd10_coder.retrieval import RetrievalSettings, load_or_fit
 
     settings = RetrievalSettings(neighbours=neighbours, encoder=encoder)
     train = [(e.dialogue, e.code) for e in splits["train"]] if neighbours else None
@@ -312,12 +290,6 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
 # ---------------------------------------------------------------- writing
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[str, Any]) -> dict[str, Any]:
     """Write every file into a staging folder, then move them into ``out`` together."""
     out.mkdir(parents=True, exist_ok=True)
@@ -330,10 +302,8 @@ def write_outputs(out: Path, splits: dict[str, list[Example]], card_args: dict[s
             make_record = evaluation_record if split.startswith("test") else training_record
             path = staging / SPLIT_FILES[split]
             write_jsonl(path, [make_record(e) for e in tqdm(examples, desc=f"write {split}", unit="row",
-                                                             disable=None)])
+                                                             disable=None)], private=True)
             hashes[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        from icd10_coder.datacard import data_card, data_card_markdown
-
         card = data_card(splits=splits, hashes=hashes, **card_args)
         (staging / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         (staging / "data_card.md").write_text(data_card_markdown(card))
@@ -358,7 +328,6 @@ def prepare(*, source: str | None, demo: bool, templated: bool, group_by: str, o
             choose: bool, shortlist_encoder: str = "", evidence_window: int = 0,
             warn: Any = print) -> dict[str, Any]:
     """Load, clean, split, shortlist, write ``out`` (all files or none); return the data card."""
-    from icd10_coder.datacard import over_length_warnings, token_lengths
 
     raw, source_name = load_rows(source, demo, templated)
     rows = canonical_columns(raw[:limit] if limit else raw, source_name)

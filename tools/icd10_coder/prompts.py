@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from icd10_coder.codes import description
 from icd10_coder.paths import REPO_ROOT
 
 DEFAULT_MAX_ALTERNATIVES = 2
@@ -48,7 +49,6 @@ def render_user(dialogue: str, candidates: list[str] | None = None, excerpt: boo
     an evidence window (:mod:`icd10_coder.window`), not the whole dialogue."""
     if not dialogue or not dialogue.strip():
         raise ValueError("dialogue is empty")
-    from icd10_coder.codes import description
 
     listed = [{"code": code, "description": description(code) or ""} for code in candidates or []]
     return _render("user.j2", dialogue=dialogue, candidates=listed, excerpt=excerpt)

@@ -26,13 +26,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from icd10_coder.codes import normalize_code
+from icd10_coder.dialogue import clean_dialogue
+from icd10_coder.jsonl import read_jsonl
 from icd10_coder.paths import REPO_ROOT
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 REAL_FILES = (SHARED_DATA / "medsynth_sample.jsonl", SHARED_DATA / "medsynth_spread.jsonl",
               SHARED_DATA / "medsynth_more.jsonl")
 # The embedded demo subset was drawn from the first two (it stays byte for byte what it was).
-DEMO_SOURCE_FILES = REAL_FILES[:2]
+EMBEDDED_SOURCE_FILES = REAL_FILES[:2]
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,12 @@ def load_real_rows(paths: tuple[Path, ...] = REAL_FILES) -> list[RealRow]:
     Codes missing from the 2026 release (``S301XXA``, ``H4011X1``) are kept: they are real labels,
     and scoring compares code strings. Rows without a dialogue or a code-shaped label are an error.
     """
-    from icd10_coder.codes import normalize_code
-    from icd10_coder.dialogue import clean_dialogue
 
     rows: list[RealRow] = []
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the shared real MedSynth file is missing (see shared/data/README.md)")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
+        for number, record in enumerate(read_jsonl(path), start=1):
             code = normalize_code(str(record.get("ICD10") or ""))
             dialogue = clean_dialogue(str(record.get("Dialogue") or ""))
             if code is None or not dialogue:
@@ -136,12 +134,12 @@ def subsample(rows: tuple[RealRow, ...] | list[RealRow], limit: int | None, seed
 
 # The offline default data of `prepare --demo` / `make demo`: real MedSynth rows drawn from the
 # shared files (CC BY 4.0, attribution in its README), committed compressed (well under 1 MB).
-DEMO_DATA = REPO_ROOT / "data" / "medsynth-demo" / "medsynth_demo.jsonl.gz"
-DEMO_ROWS = 100
+EMBEDDED_DATA = REPO_ROOT / "data" / "medsynth-demo" / "medsynth_demo.jsonl.gz"
+EMBEDDED_ROWS = 100
 DEMO_MAX_PER_CATEGORY = 3
 
 
-def demo_subset(rows: list[RealRow], size: int = DEMO_ROWS, seed: int = 0,
+def embedded_subset(rows: list[RealRow], size: int = EMBEDDED_ROWS, seed: int = 0,
                 per_category: int = DEMO_MAX_PER_CATEGORY) -> list[RealRow]:
     """``size`` rows in whole-category groups (up to ``per_category`` codes each), drawn round-robin over
     chapter letters so every chapter the shared files cover is in the demo; in code order.
@@ -169,11 +167,11 @@ def demo_subset(rows: list[RealRow], size: int = DEMO_ROWS, seed: int = 0,
     return sorted(chosen, key=lambda r: r.code)
 
 
-def write_demo_data(path: Path = DEMO_DATA, size: int = DEMO_ROWS, seed: int = 0) -> list[RealRow]:
+def write_embedded_rows(path: Path = EMBEDDED_DATA, size: int = EMBEDDED_ROWS, seed: int = 0) -> list[RealRow]:
     """Write the demo subset as gzip JSONL (``ID``, ``Dialogue``, ``ICD10`` as MedSynth writes them), byte-stable."""
     import gzip
 
-    chosen = demo_subset(load_real_rows(DEMO_SOURCE_FILES), size, seed)
+    chosen = embedded_subset(load_real_rows(EMBEDDED_SOURCE_FILES), size, seed)
     lines = "".join(json.dumps({"ID": r.row_id, "Dialogue": r.dialogue, "ICD10": r.code.replace(".", "")},
                                ensure_ascii=False) + "\n" for r in chosen)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,17 +180,15 @@ def write_demo_data(path: Path = DEMO_DATA, size: int = DEMO_ROWS, seed: int = 0
     return chosen
 
 
-def read_demo_data(path: Path = DEMO_DATA) -> list[dict[str, str]]:
+def read_embedded_rows(path: Path = EMBEDDED_DATA) -> list[dict[str, str]]:
     """The embedded demo rows, MedSynth-shaped (``ID``, ``Dialogue``, ``ICD10``)."""
-    import gzip
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the embedded demo data is missing (a clean checkout has it)")
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return read_jsonl(path)
 
 
 if __name__ == "__main__":  # python -m icd10_coder.realdata: rebuild the embedded demo subset
-    written = write_demo_data()
-    print(f"{DEMO_DATA}: {len(written)} rows, {len({r.category for r in written})} categories, "
-          f"{DEMO_DATA.stat().st_size:,} bytes")
+    written = write_embedded_rows()
+    print(f"{EMBEDDED_DATA}: {len(written)} rows, {len({r.category for r in written})} categories, "
+          f"{EMBEDDED_DATA.stat().st_size:,} bytes")

@@ -7,7 +7,29 @@ its folds, so a model trains on and is scored with the very prompts everything e
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from icd10_coder.codes import description, hierarchy
+from icd10_coder.prompts import chat_messages, render_answer, render_system, render_user
+
+
+class PrepareError(ValueError):
+    """A problem with the input; reported with the file name, nothing written."""
+
+
+@dataclass
+class Example:
+    """One kept row, cleaned and normalised."""
+
+    row_id: str
+    dialogue: str
+    code: str
+    validity: str
+    group: str = field(default="")  # hash of the dialogue: identical dialogues share a split
+    candidates: tuple[str, ...] = ()  # retrieval shortlist shown in the prompt (prepare --shortlist)
+    candidate_scores: tuple[float, ...] = ()  # the retriever's score per candidate (fusion: tools/fuse.py)
+    window: str = ""  # the evidence window shown instead of the dialogue (prepare --evidence-window)
 
 
 class Row(Protocol):
@@ -30,8 +52,6 @@ def training_record(example: Row) -> dict[str, Any]:
     row's shortlist holds it (:func:`gold_on_list`), a validation row's is the retriever's as
     it came. The shortlist rides along too, for the choice task on the validation split.
     """
-    from icd10_coder.codes import description
-    from icd10_coder.prompts import chat_messages, render_answer
 
     answer = render_answer(example.code, description(example.code) or "")
     return {"messages": chat_messages(example.window or example.dialogue, answer, list(example.candidates) or None,
@@ -42,8 +62,6 @@ def training_record(example: Row) -> dict[str, Any]:
 
 def evaluation_record(example: Row) -> dict[str, Any]:
     """What the lm-eval task reads: rendered prompts, gold code and where it sits in ICD-10-CM."""
-    from icd10_coder.codes import description, hierarchy
-    from icd10_coder.prompts import render_system, render_user
 
     place = hierarchy(example.code)
     return {

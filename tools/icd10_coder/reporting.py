@@ -18,18 +18,19 @@ from typing import Any
 import yaml
 
 from icd10_coder import calibration
+from icd10_coder.approach import FAMILIES, RECORD
 from icd10_coder.approach import label as approach_label
 from icd10_coder.approach import read as read_approach
 from icd10_coder.choice import predicted_codes
 from icd10_coder.codes import chapter_title
+from icd10_coder.jsonl import read_jsonl
 from icd10_coder.paths import display_path, newest
 from icd10_coder.scoring import LOWER_IS_BETTER, METRICS
 from icd10_coder.stats import mcnemar, wilson
+from icd10_coder.tracking import use_experiment
 from icd10_coder.workspace import Workspace
 
-APPROACHES = ("retrieval", "baseline-llm", "baseline-slm", "finetuned-slm")
-LABELS = {"retrieval": "Retrieval (no model)", "baseline-llm": "Baseline LLM", "baseline-slm": "Baseline SLM",
-          "finetuned-slm": "Finetuned SLM"}
+APPROACHES = tuple(FAMILIES)  # the four compared approaches, each named missing when it has no results
 # Paired tests for the headline metrics only: every pair of up to 7 approaches times 7
 # metrics would be ~150 tests, and the Holm correction over them would hide everything.
 PAIRED_METRICS = ("exact_match", "category_match")
@@ -37,23 +38,11 @@ PAIRED_METRICS = ("exact_match", "category_match")
 # beyond, each approach against Retrieval only (the floor), so Holm's correction stays meaningful.
 ALL_PAIRS_UP_TO = 5
 REFERENCE = "retrieval"
-# Results-folder name parts after the approach (run_eval --shortlist / --name, tools/fuse.py).
-VARIANTS = {"choose": "trained to choose", "shortlist": "+ shortlist", "choice": "choice by likelihood",
-            "fused": "fused with retrieval"}
 
 
 def label(name: str) -> str:
-    """Display name of a results folder without an ``approach.json`` (older runs), from its name:
-    ``finetuned-slm-shortlist`` -> "Finetuned SLM + shortlist",
-    ``finetuned-slm-choose-choice-shortlist-fused`` -> "Finetuned SLM trained to choose + shortlist
-    (choice by likelihood, fused with retrieval)"."""
-    base = next((b for b in sorted(LABELS, key=len, reverse=True) if name == b or name.startswith(b + "-")), None)
-    parts = name[len(base) + 1:].split("-") if base and name != base else []
-    if base is None or any(part not in VARIANTS for part in parts):
-        return LABELS.get(name, name)
-    words = [LABELS[base]] + [VARIANTS[p] for p in ("choose", "shortlist") if p in parts]
-    extra = [VARIANTS[p] for p in ("choice", "fused") if p in parts]
-    return " ".join(words) + (f" ({', '.join(extra)})" if extra else "")
+    """Display name of an approach known only by its folder name: one of the four families, else the name."""
+    return FAMILIES.get(name, name)
 
 
 TASK = "icd10_medsynth"
@@ -75,11 +64,11 @@ class Approach:
     results: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
-    record: dict[str, Any] | None = None  # approach.json beside the results (run_eval, fuse)
+    record: dict[str, Any] = field(default_factory=dict)  # approach.json beside the results (run_eval, fuse)
 
     @property
     def label(self) -> str:
-        return approach_label(self.record) if self.record else label(self.name)
+        return approach_label(self.record)
 
     @property
     def n(self) -> int:
@@ -117,8 +106,11 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     results_task = next((t for t in TASK_VARIANTS[task] if t in results.get("results", {})), None)
     if results_task is None:
         return None
-    approach = Approach(name=folder.name, folder=folder, task=task, results_task=results_task,
-                        record=read_approach(folder))
+    record = read_approach(folder)
+    if record is None:
+        raise ValueError(f"{display_path(folder)} has results but no {RECORD} (written by an older version): run "
+                         "`tools/run_eval.py` for it again")
+    approach = Approach(name=folder.name, folder=folder, task=task, results_task=results_task, record=record)
     approach.results = results
     run_config = folder / "run_config.yml"
     recorded = yaml.safe_load(run_config.read_text()) if run_config.is_file() else {}
@@ -131,7 +123,7 @@ def load_approach(folder: Path, task: str = TASK) -> Approach | None:
     # Timestamps start with a digit: icd10_medsynth_2026-... but not icd10_medsynth_unseen_2026-...
     samples_file = newest(results_file.parent, f"samples_{results_task}_[0-9]*.jsonl")
     if samples_file is not None:
-        approach.samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+        approach.samples = read_jsonl(samples_file)
     return approach
 
 
@@ -377,7 +369,6 @@ def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_di
     """One MLflow run per evaluated approach and test split (params, metrics, report + plots as artifacts)."""
     import mlflow
 
-    from icd10_coder.tracking import use_experiment
 
     use_experiment(workspace)
     for approach in approaches:

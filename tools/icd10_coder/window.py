@@ -2,7 +2,7 @@
 
 A MedSynth dialogue runs to ~1,000-1,500 tokens, most of it history taking and small talk; the
 doctor names or explains the diagnosis in a few sentences. The window keeps the sentences that
-(1) match a diagnostic cue pattern (``retrieval.CUE_PATTERN``: "consistent with", "you have", ...)
+(1) match a diagnostic cue pattern (``dialogue.CUE_PATTERN``: "consistent with", "you have", ...)
 and (2) are nearest, under the retriever's dense encoder, to any code on the dialogue's shortlist,
 in that order of preference, until ``budget`` tokens are used; the kept sentences are shown in
 dialogue order with their speaker. The SLM then reads ~300-400 tokens instead of the whole dialogue:
@@ -13,6 +13,8 @@ so training, dev, test and served prompts are made the same way.
 """
 
 from __future__ import annotations
+
+from icd10_coder.dialogue import CUE_PATTERN
 
 WINDOW_TOKENS = 384  # the prompt variant's default budget (data cards and adapter records hold the value used)
 CHARS_PER_TOKEN = 4.0  # SmolLM2's tokenizer on English dialogue: ~4.2 characters a token
@@ -26,7 +28,6 @@ def tokens(text: str) -> int:
 def evidence_window(units: list[tuple[str, str]], similarity: list[float], budget: int = WINDOW_TOKENS) -> str:
     """``units``: (speaker, sentence) in dialogue order; ``similarity``: each sentence's best dense similarity to
     the shortlist. Returns the chosen sentences, one per line as ``Speaker: sentence``, in dialogue order."""
-    from icd10_coder.retrieval import CUE_PATTERN
 
     if len(units) != len(similarity):
         raise ValueError(f"{len(units)} sentences but {len(similarity)} similarities")

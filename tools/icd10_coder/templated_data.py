@@ -13,7 +13,7 @@ import itertools
 from icd10_coder.codes import description
 
 # Common primary-care codes, each with complaint phrases a patient might say.
-DEMO_COMPLAINTS: dict[str, tuple[str, ...]] = {
+TEMPLATED_COMPLAINTS: dict[str, tuple[str, ...]] = {
     "E11.9": ("I'm always thirsty and I pee a lot", "my sugar readings at home are high",
               "I've been tired and my vision gets blurry"),
     "I10": ("my blood pressure was high at the pharmacy", "I get headaches and my pressure readings are up",
@@ -36,10 +36,10 @@ OPENINGS = ("What brings you in today?", "How can I help you today?", "What seem
 ROWS_PER_CODE = 12
 
 
-def demo_rows() -> list[dict[str, str]]:
+def templated_rows() -> list[dict[str, str]]:
     """``ROWS_PER_CODE`` dialogues per demo code, MedSynth-shaped (``ID, Dialogue, ICD10, ICD10_desc``)."""
     rows: list[dict[str, str]] = []
-    for code, complaints in DEMO_COMPLAINTS.items():
+    for code, complaints in TEMPLATED_COMPLAINTS.items():
         desc = description(code)
         if desc is None:
             raise RuntimeError(f"demo code {code} is not in this ICD-10-CM release")
