@@ -1,6 +1,6 @@
 """The real-data experiment (``make experiment-real``): does fine-tuning beat the lookup on real dialogues?
 
-    python tools/experiment_real.py            # 1,565 real rows, 3 category folds, ~2.5 h on 2 CPU cores (estimated)
+    python tools/experiment_real.py            # 1,565 real rows, 3 category folds, ~2.5 h on 2 CPU cores (measured)
     python tools/experiment_real.py --retrieval-only   # the encoder and both retrieval approaches, ~35 min
     python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
     python tools/experiment_real.py --lora-rows 2 --dev-rows 3 --prompt-choice-rows 2 --slm-test-rows 2 \\

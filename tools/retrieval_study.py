@@ -98,12 +98,12 @@ def _extras(rewrite: dict | None, cost: dict | None, chosen: str) -> str:
     """The query-rewriting and K=20 lines under the table."""
     lines = []
     if rewrite:
-        base, fused, alone = (rewrite[key]["code"] for key in ("base", "with_phrase", "phrase_alone"))
+        base, combined, alone = (rewrite[key]["code"] for key in ("base", "with_phrase", "phrase_alone"))
         lines.append(f"\nQuery rewriting (the embedded SLM names the diagnosis in a few words, "
-                     f"`prompts/diagnosis_phrase.j2`; the phrase is ranked by TF-IDF + dense and fused with "
+                     f"`prompts/diagnosis_phrase.j2`; the phrase is ranked by TF-IDF + dense and rank-fused with "
                      f"{chosen}), on {rewrite['rows']} of the dev rows: recall@1/10/50 "
-                     f"{base[1]:.3f}/{base[10]:.3f}/{base[50]:.3f} without, {fused[1]:.3f}/{fused[10]:.3f}/"
-                     f"{fused[50]:.3f} with; the phrase alone {alone[1]:.3f}/{alone[10]:.3f}/{alone[50]:.3f}; "
+                     f"{base[1]:.3f}/{base[10]:.3f}/{base[50]:.3f} without, {combined[1]:.3f}/{combined[10]:.3f}/"
+                     f"{combined[50]:.3f} with; the phrase alone {alone[1]:.3f}/{alone[10]:.3f}/{alone[50]:.3f}; "
                      f"{rewrite['slm_seconds_per_dialogue']:.1f} s per dialogue for the phrase.")
     if cost:
         lines.append(f"\nChoice step with K = 20 instead of 10 (one prompt pass per dialogue, embedded SLM, "

@@ -116,7 +116,6 @@ def recall_evaluator(pairs: list[tuple[str, str]], codes: dict[str, int], code_v
     code by its best sentence, as the retriever's dense ranking does (all of each dialogue's sentences)."""
     from sentence_transformers.base.evaluation import SentenceEvaluator
 
-
     kept = [(sentences(d), codes[c]) for d, c in pairs if c in codes]
 
     class BestSentenceRecall(SentenceEvaluator):
@@ -150,7 +149,6 @@ def train_encoder(recipe: EncoderRecipe, train_data: Path, dev_data: Path | None
     import datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.training_args import SentenceTransformerTrainingArguments
-
 
     code_list = tuple(billable_codes())
     code_vectors = code_description_vectors(code_list)  # the base encoder's, cached by `make setup`

@@ -138,7 +138,6 @@ def shortlist(retriever: Retriever, rows: list[RealRow], k: int, window_tokens: 
     """Each row with the retriever's top ``k`` (and, with ``window_tokens``, its evidence window)."""
     from tqdm import tqdm
 
-
     found: list[list[tuple[str, float]]] = []
     for start in tqdm(range(0, len(rows), 64), desc="shortlist", unit="batch", disable=None):
         found += retriever.shortlist([r.dialogue for r in rows[start:start + 64]], k)
@@ -409,7 +408,6 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
     adapter's prompt record. Returns how many training lists got the gold code put on."""
     import random
 
-
     private_folder(folder)
     rng, inserted = random.Random(seed), 0
     taught = []
@@ -594,7 +592,6 @@ def _train_overrides(settings: Settings) -> list[str]:
 
 def _adapter(fold_space: Workspace, settings: Settings) -> Path:
     import yaml
-
 
     recipe = yaml.safe_load((REPO_ROOT / settings.recipe).read_text())
     return fold_space.map(recipe["output_dir"])

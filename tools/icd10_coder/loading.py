@@ -28,7 +28,6 @@ def served_model_options(command: Any) -> Any:
     """The --adapter, --base-model, --serving and --force options that predict and the app share (what to serve)."""
     import click
 
-
     options = [
         click.option("--adapter", default=None, metavar="DIR|none",
                      help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "

@@ -37,13 +37,7 @@ from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_
 MIN_BEAMS = 3
 
 
-
-
 MAX_NEW_TOKENS = 48
-
-
-
-
 
 
 def pick_dtype(device: str):
@@ -123,8 +117,6 @@ class Shortlister:
             return dialogues
         return [self.retriever.window(clean_dialogue(d), [code for code, _ in ranked], self.window_tokens)
                 for d, ranked in zip(dialogues, lists, strict=True)]
-
-
 
 
 class Predictor:
@@ -286,19 +278,5 @@ class Suggester:
                 result["shortlist"] = [{"code": code, "description": description(code), "score": score}
                                        for code, score in lists[index]]
         return results
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 

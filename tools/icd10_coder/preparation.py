@@ -256,7 +256,6 @@ def add_shortlists(splits: dict[str, list[Example]], k: int, cache_dir: Path, ne
     """
     import random
 
-
     settings = RetrievalSettings(neighbours=neighbours, encoder=encoder)
     train = [(e.dialogue, e.code) for e in splits["train"]] if neighbours else None
     retriever = load_or_fit(cache_dir, settings, train)

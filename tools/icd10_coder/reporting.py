@@ -369,7 +369,6 @@ def log_to_mlflow(summary: dict[str, Any], approaches: list[Approach], report_di
     """One MLflow run per evaluated approach and test split (params, metrics, report + plots as artifacts)."""
     import mlflow
 
-
     use_experiment(workspace)
     for approach in approaches:
         unseen = approach.task == UNSEEN_TASK

@@ -71,14 +71,14 @@ class RetrievalSettings:
 
     views: tuple[str, ...] = VIEWS  # code texts, each its own TF-IDF index, combined by rank
     neighbours: int = 10  # training dialogues consulted per query (0: codes only)
-    # Weight of the neighbour ranking in the fusion (one code view weighs 1). Not measurable on the
+    # Weight of the neighbour ranking in the rank fusion (one code view weighs 1). Not measurable on the
     # shared sample (one row per code, so no neighbour ever holds the gold code); for codes never
     # trained on, neighbours can only add wrong codes.
     neighbour_weight: float = 1.0
     ngram_max: int = 3
     # Parts of the dialogue matched against the code texts, each its own ranking: "whole", the
     # "doctor"'s turns, the sentences with diagnostic "cues" (CUE_PATTERN); parts other than the
-    # whole dialogue weigh ``part_weight`` in the fusion.
+    # whole dialogue weigh ``part_weight`` in the rank fusion.
     query_parts: tuple[str, ...] = ("whole", "cues")
     part_weight: float = 1.0
     # Dense ranking (icd10_coder.dense): each code's description against the dialogue's sentences
@@ -148,8 +148,6 @@ def query_text(dialogue: str, part: str) -> str:
     else:
         raise ValueError(f"unknown query part {part!r} (known: {', '.join(QUERY_PARTS)})")
     return "\n".join(chosen) or dialogue
-
-
 
 
 # Sentence embeddings of recent dialogues per encoder (a study ranks the same rows with many settings): ~60 KB each.
@@ -368,7 +366,6 @@ def load_or_fit(cache_dir: Path | None, settings: RetrievalSettings = RetrievalS
                 train: list[tuple[str, str]] | None = None) -> Retriever:
     """The fitted index for these inputs: from ``cache_dir`` when built before, else fitted and stored."""
     import joblib
-
 
     path = cache_dir / f"index-{cache_key(settings, train)}.joblib" if cache_dir else None
     if path is not None and path.is_file():

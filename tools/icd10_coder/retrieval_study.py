@@ -113,7 +113,6 @@ def diagnosis_phrases(dialogues: list[str], model_dir: Any, max_new_tokens: int 
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     phrases = []
@@ -152,7 +151,6 @@ def rewrite_recall(rows: list[RealRow], base: RetrievalSettings, model_dir: Any,
 def choice_cost(rows: list[RealRow], settings: RetrievalSettings, model_dir: Any) -> dict[str, Any]:
     """Median seconds of the choice step (one prompt pass, all candidates scored) with K = 10 and K = 20."""
     import statistics
-
 
     predictor = Predictor(model_dir, None, constrain=False, device="cpu")
     lists = Retriever.fit(settings).shortlist([r.dialogue for r in rows], 20)

@@ -83,7 +83,6 @@ def bench_prompt_cost(dialogues: int, repeats: int = 3, window_tokens: int = 384
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     rows = read_embedded_rows()[:dialogues]
     retriever = Retriever.fit(RetrievalSettings(neighbours=0))
     texts = [r["Dialogue"] for r in rows]

@@ -16,7 +16,6 @@ def bench_eval(work: Path, limit: int) -> dict[str, Any]:
     import torch
     from lm_eval.tasks import TaskManager
 
-
     data = prepared_embedded_rows(work)
     results = {}
     for batch_size in (1, 8):

@@ -22,7 +22,6 @@ def bench_retrieval(rows: int, repeats: int = 3) -> dict[str, Any]:
     and the default index's size, build time and cost per dialogue at scale."""
     import joblib
 
-
     result: dict[str, Any] = {}
     if all(path.is_file() for path in REAL_FILES):
         folds = category_folds(load_real_rows())
@@ -57,6 +56,5 @@ def bench_retrieval(rows: int, repeats: int = 3) -> dict[str, Any]:
                        "fit_s_median": round(median(fits), 1), "shortlist_s_median": round(median(queries), 1),
                        "ms_per_dialogue": round(median(queries) / len(texts) * 1000, 1),
                        "index_mb": round(index_mb, 1), "code_embeddings_mb": round(dense_mb, 1),
-                       "settings": {k: list(v) if isinstance(v, tuple) else v
-                                    for k, v in RetrievalSettings().__dict__.items()}}
+                       "settings": RetrievalSettings().as_record()}
     return result
