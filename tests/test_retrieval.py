@@ -14,7 +14,7 @@ from conftest import prepare_templated
 
 import report
 import run_eval
-from icd10_coder import reporting
+from icd10_coder import approach, reporting
 from icd10_coder.codes import normalize_code
 from icd10_coder.dialogue import clean_dialogue
 from icd10_coder.offline import subprocess_env
@@ -121,7 +121,9 @@ def test_shortlist_runs_get_their_own_approach_names(tmp_path):
                                   shortlist=True)
     assert config["output_path"] == str(space.eval_dir / "baseline-slm-shortlist")
     assert config["metadata"]["data_dir"] == str(space.prepared_shortlist)
-    assert reporting.label("baseline-slm-shortlist") == "Baseline SLM + shortlist"
+    record = approach.record(name="baseline-slm-shortlist", config=config, shortlist=True, split="test",
+                             data_card=None, adapter_dir=None, source_config="recipes/eval/baseline-slm.yml")
+    assert approach.label(record) == "Baseline SLM + shortlist"  # from what ran, not from the folder's name
     assert reporting.label("retrieval") == "Retrieval (no model)"
 
 

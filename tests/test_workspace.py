@@ -131,7 +131,8 @@ def test_an_llm_endpoint_without_server_is_reported_missing_with_the_reason(tmp_
 
 
 def write_results(folder: Path, *tasks: str, golds: tuple[str, ...] = ("E11.9", "I10", "J06.9")) -> None:
-    """A minimal lm-eval output folder with per-sample logs for ``tasks``."""
+    """A minimal lm-eval output folder with per-sample logs for ``tasks`` and its approach record."""
+    from icd10_coder import approach
     from icd10_coder.scoring import METRICS, score_codes
 
     run = folder / "model"
@@ -143,6 +144,10 @@ def write_results(folder: Path, *tasks: str, golds: tuple[str, ...] = ("E11.9", 
         results["results"][task] = {f"{m},parsed_codes": sum(s[m] for s in samples) / len(samples) for m in METRICS}
         (run / f"samples_{task}_2026-01-01T00-00-00.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
     (run / "results_2026-01-01T00-00-00.json").write_text(json.dumps(results))
+    approach.write(folder, approach.record(name=folder.name, config={"model": "hf", **results["config"],
+                                                                     "tasks": list(tasks)},
+                                           shortlist=False, split="test", data_card=None, adapter_dir=None,
+                                           source_config=f"recipes/eval/{folder.name}.yml"))
 
 
 def test_report_shows_unseen_codes_as_their_own_table_without_machine_paths(tmp_path):
