@@ -177,6 +177,25 @@ def test_dense_retrieval_finds_a_diagnosis_described_in_other_words_than_the_cod
     assert any(code.startswith(("E11", "R73", "E13")) for code in found[:10]), found
 
 
+def test_a_dialogues_shortlist_does_not_depend_on_the_dialogues_scored_beside_it(medsynth_sample):
+    """Evaluation shortlists a whole split at once, predict/app one dialogue: the served list must be the one
+    the evaluation logged, so a dialogue's sentence vectors may not depend on its batch neighbours."""
+    import numpy as np
+
+    from icd10_coder.retrieval import clear_caches
+
+    rows = [json.loads(line) for line in medsynth_sample.read_text().splitlines() if line.strip()][:12]
+    dialogues = [clean_dialogue(r["Dialogue"]) for r in rows]
+    retriever = Retriever.fit(RetrievalSettings(neighbours=0, views=(), query_parts=("whole",), dense_weight=1.0))
+    clear_caches(dialogues_only=True)
+    together = retriever.sentence_vectors(dialogues)
+    lists = retriever.shortlist(dialogues, 10)
+    for i, dialogue in enumerate(dialogues):
+        clear_caches(dialogues_only=True)
+        assert np.array_equal(retriever.sentence_vectors([dialogue])[0], together[i])
+        assert retriever.shortlist([dialogue], 10)[0] == lists[i]
+
+
 def test_the_default_retriever_is_the_variant_the_study_chose_on_dev():
     """RetrievalSettings() (codes only) equals the variant named in docs/generated/retrieval-study.md."""
     from dataclasses import replace

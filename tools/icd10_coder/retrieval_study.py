@@ -64,7 +64,7 @@ def dev_recall(folds: list[Fold], variants: dict[str, RetrievalSettings] = VARIA
     results: dict[str, Any] = {}
     for name, settings in variants.items():
         if cold:
-            retrieval._DENSE_MEMO.clear()
+            retrieval.clear_caches(dialogues_only=True)
         built = time.perf_counter()
         retriever = Retriever.fit(settings)
         build_s = time.perf_counter() - built
