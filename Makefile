@@ -54,7 +54,7 @@ $(foreach kv,$(OFFLINE_ENV),$(eval export $(firstword $(subst =, ,$(kv)))))
 # Targets that must never touch the network add HUB_OFFLINE.
 HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real retrieval-study gpu-check \
+.PHONY: help setup vllm-env test lint demo prepare train eval report baseline full bench experiment-real calibrate serving-model retrieval-study gpu-check \
 	app clean print-env
 
 help: ## List the targets
@@ -138,6 +138,13 @@ EXPERIMENT_ARGS ?=
 experiment-real: setup ## Real-data experiment: 1,565 real rows, 3 category folds, encoder + LoRA per fold (~2.5 h on 2 CPU cores; EXPERIMENT_ARGS=--retrieval-only ~35 min, --quick ~20 min)
 	$(HUB_OFFLINE) $(PY) tools/experiment_real.py $(EXPERIMENT_ARGS)
 
+calibrate: setup ## Calibrate the served confidence on the experiment's out-of-fold rows -> GUIDE (~1 min)
+	$(HUB_OFFLINE) $(PY) tools/calibrate.py
+
+SERVING_ARGS ?=
+serving-model: setup ## Train the experiment's best approach on every real row: what make app serves (hours on 2 cores)
+	$(HUB_OFFLINE) $(PY) tools/serving_model.py $(SERVING_ARGS)
+
 retrieval-study: setup ## Recall of every retriever variant on the dev rows of the real category folds (~3 min)
 	$(HUB_OFFLINE) $(PY) tools/retrieval_study.py
 
@@ -146,7 +153,7 @@ gpu-check: setup ## GPU: environment, ~30 QLoRA steps, HF + vLLM eval -> outputs
 
 # APP_ARGS: e.g. APP_ARGS="--adapter outputs/adapters/qlora --base-model HuggingFaceTB/SmolLM2-1.7B-Instruct"
 APP_ARGS ?=
-app: setup ## The coder's workbench in the browser on http://127.0.0.1:7860 (serves what make demo chose)
+app: setup ## The coder's workbench on http://127.0.0.1:7860 (serves make serving-model's model, else make demo's)
 	$(HUB_OFFLINE) $(PY) tools/app.py $(APP_ARGS)
 
 print-env: ## Show the privacy environment every target runs with

@@ -52,9 +52,10 @@ def write_serving_record(workspace: Path) -> Path:
     record = serving.scoring_record(
         approach="baseline-slm-choice-shortlist-fused", base_model=display_path(EMBEDDED_MODEL), adapter=None,
         shortlist={"k": 5, "retriever": RetrievalSettings(neighbours=0).as_record()},
-        scoring=choice.Scoring(fusion_weight=0.5, temperature=0.1).as_record(),
+        scoring=choice.Scoring(fusion_weight=0.5, calibrator=calibration.Calibrator(temperature=0.1)).as_record(),
         dev={"split": "val", "rows": 3, "exact_match": 0.0},
-        test_calibration=calibration.measure([(0.7, True), (0.4, False), (0.1, False), (0.15, True)]))
+        test_calibration=calibration.measure([(0.7, True), (0.4, False), (0.1, False), (0.15, True)]),
+        data_card=None, refit="this test")
     path = workspace / "serving.json"
     serving.write_serving(path, record, [record])
     return path

@@ -11,7 +11,7 @@ from conftest import prepare_templated
 
 import fuse
 import run_eval
-from icd10_coder import approach, choice, reporting
+from icd10_coder import approach, calibration, choice, reporting
 from icd10_coder.paths import EMBEDDED_MODEL, display_path
 from icd10_coder.retrieval import RetrievalSettings
 from icd10_coder.workspace import Workspace
@@ -89,6 +89,28 @@ def test_one_prompt_pass_gives_the_same_loglikelihoods_as_full_passes(embedded_m
         logprobs = torch.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
         expected = float(sum(logprobs[i, t] for i, t in enumerate(tokens)))
         assert total == pytest.approx(expected, abs=1e-3)
+
+
+def test_predict_scores_the_same_tokens_and_loglikelihoods_as_the_lm_eval_choice_task(embedded_model):
+    """lm-eval moves the prompt's trailing newline into each answer and splits a joint tokenisation; predict must
+    score exactly that, or served and evaluated scores drift apart (to 1e-5 on a real demo dialogue)."""
+    from icd10_coder.lm_eval_choice import PrefixCachedHFLM
+    from icd10_coder.predictor import Predictor, prompt_messages
+    from icd10_coder.realdata import read_embedded_rows
+
+    dialogue = read_embedded_rows()[0]["Dialogue"][:1500]
+    candidates = ["E11.9", "I10", "R63.1", "J06.9"]
+    lm = PrefixCachedHFLM(pretrained=str(embedded_model), device="cpu", dtype="float32", batch_size=1)
+    context = lm.apply_chat_template(prompt_messages(dialogue, candidates, excerpt=False))
+    assert context.endswith("\n")  # the generation prompt: the newline lm-eval moves into the answer
+    lines = choice.answer_lines(candidates)
+    pairs = [lm._encode_pair(context, line) for line in lines]  # what lm-eval's loglikelihood() scores
+    evaluated = lm._loglikelihood_tokens([((context, line), c, k) for line, (c, k) in zip(lines, pairs, strict=True)],
+                                         disable_tqdm=True)
+    served = Predictor(embedded_model, None, constrain=False, device="cpu").candidate_loglikelihoods(dialogue,
+                                                                                                    candidates)
+    assert [count for _, count in served] == [len(k) for _, k in pairs]
+    assert [total for total, _ in served] == pytest.approx([total for total, _ in evaluated], abs=1e-5)
 
 
 # ---------------------------------------------------------------- data that teaches choosing
@@ -224,7 +246,8 @@ def test_score_shortlist_on_a_hand_worked_list():
     candidates, lls, retrieval = ["E11.9", "I10", "J06.9"], [-4.0, -1.0, -2.0], [0.9, 0.1, 0.5]
 
     def scored(weight: float, temperature: float = 1.0) -> list:
-        return choice.score_shortlist(candidates, lls, retrieval, choice.Scoring("sum", weight, temperature))
+        return choice.score_shortlist(candidates, lls, retrieval,
+                                      choice.Scoring("sum", weight, calibration.Calibrator(temperature=temperature)))
 
     assert [s.code for s in scored(0.0)] == ["E11.9", "J06.9", "I10"]  # the retriever's order
     assert [s.code for s in scored(1.0)] == ["I10", "J06.9", "E11.9"]  # the model's order
@@ -235,27 +258,29 @@ def test_score_shortlist_on_a_hand_worked_list():
     # Weight 1, temperature 1/2: softmax of [0, 2, 4/3] = 0.6065 / 0.3114 / 0.0821.
     assert [round(s.probability, 4) for s in scored(1.0, 0.5)] == [0.6065, 0.3114, 0.0821]
     # A higher temperature spreads the probability: the top candidate gets less.
-    cold = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=0.05))
-    warm = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring(fusion_weight=0.5, temperature=1.0))
+    cold = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring("per_char", 0.5, calibration.Calibrator(
+        temperature=0.05)))
+    warm = choice.score_shortlist(candidates, lls, retrieval, choice.Scoring("per_char", 0.5, calibration.Calibrator(
+        temperature=1.0)))
     assert cold[0].probability > warm[0].probability > 0.25
 
 
 def test_fitted_temperature_follows_how_often_the_top_candidate_is_right():
     confident = [([1.0, 0.1, 0.0], True)] * 20  # the top always right: as sharp as the grid allows
-    assert choice.fit_temperature(confident) == min(choice.TEMPERATURE_GRID)
+    assert calibration.fit_temperature(confident) == min(calibration.TEMPERATURE_GRID)
     hopeless = [([1.0, 0.9, 0.8, 0.0], False)] * 20  # never right: as flat as the grid allows
-    assert choice.fit_temperature(hopeless) == max(choice.TEMPERATURE_GRID)
+    assert calibration.fit_temperature(hopeless) == max(calibration.TEMPERATURE_GRID)
     # Right 40% of the time with the same margins: the fitted top probability is near 0.4.
     mixed = [([1.0, 0.5, 0.2, 0.0], True)] * 8 + [([1.0, 0.5, 0.2, 0.0], False)] * 12
-    temperature = choice.fit_temperature(mixed)
-    top = max(choice.probabilities([1.0, 0.5, 0.2, 0.0], temperature))
+    temperature = calibration.fit_temperature(mixed)
+    top = max(calibration.probabilities([1.0, 0.5, 0.2, 0.0], temperature))
     assert top == pytest.approx(0.4, abs=0.03)
     with pytest.raises(ValueError):
-        choice.fit_temperature([])
+        calibration.fit_temperature([])
 
 
 def test_scoring_record_round_trips():
-    scoring = choice.Scoring(normalisation="sum", fusion_weight=0.35, temperature=0.125)
+    scoring = choice.Scoring("sum", 0.35, calibration.Calibrator(temperature=0.125))
     assert choice.Scoring.from_record(json.loads(json.dumps(scoring.as_record()))) == scoring
 
 
@@ -266,9 +291,13 @@ def test_the_served_record_is_the_best_on_dev_and_a_tie_goes_to_the_finetuned_on
         return serving.scoring_record(approach=name, base_model="m", adapter=adapter,
                                       shortlist={"k": 10, "retriever": RetrievalSettings().as_record()},
                                       scoring=choice.Scoring().as_record(),
-                                      dev={"split": "val", "rows": 9, "exact_match": exact}, test_calibration={})
+                                      dev={"split": "val", "rows": 9, "exact_match": exact}, test_calibration={},
+                                      data_card=None, refit="this test")
 
-    base, tuned = record("baseline-fused", 0.5, None), record("finetuned-fused", 0.5, "adapters/x")
+    weights = tmp_path / "adapters" / "x" / "adapter_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    base, tuned = record("baseline-fused", 0.5, None), record("finetuned-fused", 0.5, str(weights.parent))
     assert serving.best_on_dev([base, tuned])["approach"] == "finetuned-fused"
     assert serving.best_on_dev([record("baseline-fused", 0.6, None), tuned])["approach"] == "baseline-fused"
     with pytest.raises(ValueError):

@@ -172,7 +172,7 @@ def test_calibration_is_measured_on_the_test_rows_and_reported(demo_run, workspa
         fusion = json.loads((workspace / "eval" / name / "fusion.json").read_text())
         assert measured[name] == fusion["test_calibration"] and 0 <= measured[name]["ece"] <= 1
         assert measured[name]["n"] == summary(workspace)["approaches"][name]["n"]
-        assert fusion["temperature"] in __import__("icd10_coder.choice").choice.TEMPERATURE_GRID
+        assert fusion["temperature"] in __import__("icd10_coder.calibration").calibration.TEMPERATURE_GRID
     report = (workspace / "report" / "report.md").read_text()
     assert "## Calibration on the test split" in report and "reliability.png" in report
     assert (workspace / "report" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -107,61 +107,122 @@ def test_take_is_journalled_draws_the_same_rows_every_time_and_trains_on_the_sib
     assert [e["split"] for e in journal.events()] == ["test", "test", "train"]
 
 
-@pytest.mark.slow
-def test_a_slice_makes_every_choice_on_dev_before_any_test_row_is_taken():
+GENERATED = REPO / "docs" / "generated"
+
+
+def tool(*arguments: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *arguments], cwd=REPO, env=pipeline_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def slice_run():
+    """A cheap slice of the experiment in its own workspace (removed afterwards); the docs must not change."""
     from icd10_coder.realdata import REAL_FILES
 
     if not all(path.is_file() for path in REAL_FILES):
         pytest.skip("the shared real MedSynth files are not beside this checkout (../shared/data/)")
     workspace = Path(tempfile.mkdtemp(prefix="test-experiment-", dir=REPO / "outputs"))
-    generated = REPO / "docs" / "generated" / "experiment-real.md"
-    before = generated.read_bytes() if generated.is_file() else None
+    before = {path.name: path.read_bytes() for path in GENERATED.iterdir()}
     try:
-        result = subprocess.run(
-            [sys.executable, "tools/experiment_real.py", "--workspace", str(workspace), "--lora-rows", "2",
-             "--dev-rows", "3", "--prompt-choice-rows", "2", "--slm-test-rows", "2", "--test-rows", "3",
-             "--max-steps", "1", "--encoder-epochs", "0.05", "--no-docs"],
-            cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=1500)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        report = workspace / "report"
-        events = experiment.Journal(workspace / "journal.jsonl").events()
-        names = [e["event"] for e in events]
-        chosen_at = names.index("choices written")
-        held_out = [i for i, e in enumerate(events) if str(e.get("split", "")).startswith("test")]
-        assert len(held_out) == 6 and min(held_out) > chosen_at  # 3 folds x (every row, SLM rows), after choices
-        assert names.count("trained") == names.count("encoder trained") == 3
-        choices = json.loads((report / "choices.json").read_text())
-        for fold in choices["folds"].values():
-            for key in ("retriever_variants", "retrieval_encoder", "shortlist", "prompt"):
-                assert fold[key]["split"] == "dev"
-            assert set(fold["retriever_variants"]["dev"]) == set(experiment.retriever_variants("x"))
-            for model in experiment.MODELS:
-                assert fold[model]["normalisation"]["split"] == fold[model]["fusion_weight"]["split"] == "dev"
-        assert choices["best_model_approach"]["split"].startswith("dev")
-        results = json.loads((report / "results.json").read_text())
-        every, slm = results["tables"]["every"], results["tables"]["slm"]
-        assert every["n"] == sum(s["test"] for s in results["fold_sizes"]) and slm["n"] == 6
-        assert set(slm["approaches"]) == set(experiment.APPROACHES)
-        assert "Accuracy target" in (report / "report.md").read_text()
-        # The LoRA's training lists all hold the gold code; the dev lists are the retriever's.
-        for fold in range(3):
-            prepared = workspace / f"fold-{fold}" / "prepared-shortlist"
-            for line in (prepared / "train.jsonl").read_text().splitlines():
-                row = json.loads(line)
-                assert row["gold_code"] in row["candidates"]
-        # No fold wrote its own test dialogues to disk, and the report holds only ids and codes (a row tested in one
-        # fold is a training row of the others, so it may appear in their folders).
-        from icd10_coder.realdata import load_real_rows
-
-        by_id = {r.row_id: r.dialogue for r in load_real_rows()}
-        outcomes = [json.loads(line) for line in (report / "outcomes.jsonl").read_text().splitlines()]
-        snippets = {fold: [by_id[o["id"]][:300].encode() for o in outcomes if o["fold"] == fold] for fold in range(3)}
-        for path in workspace.rglob("*"):
-            if path.is_file() and path.stat().st_size < 50_000_000:
-                top = path.relative_to(workspace).parts[0]
-                own = snippets[int(top[5:])] if top.startswith("fold-") else sum(snippets.values(), [])
-                data = path.read_bytes()
-                assert not any(s in data for s in own), f"a test dialogue was written to {path}"
-        assert (generated.read_bytes() if generated.is_file() else None) == before  # --no-docs kept the docs
+        tool("tools/experiment_real.py", "--workspace", str(workspace), "--lora-rows", "2", "--dev-rows", "3",
+             "--prompt-choice-rows", "2", "--slm-test-rows", "2", "--test-rows", "3", "--max-steps", "1",
+             "--encoder-epochs", "0.05", "--no-docs")
+        yield workspace
+        assert {path.name: path.read_bytes() for path in GENERATED.iterdir()} == before  # --no-docs kept the docs
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_slice_makes_every_choice_on_dev_before_any_test_row_is_taken(slice_run):
+    workspace = slice_run
+    report = workspace / "report"
+    events = experiment.Journal(workspace / "journal.jsonl").events()
+    names = [e["event"] for e in events]
+    chosen_at = names.index("choices written")
+    held_out = [i for i, e in enumerate(events) if str(e.get("split", "")).startswith("test")]
+    assert len(held_out) == 6 and min(held_out) > chosen_at  # 3 folds x (every row, SLM rows), after choices
+    assert names.count("trained") == names.count("encoder trained") == 3
+    choices = json.loads((report / "choices.json").read_text())
+    for fold in choices["folds"].values():
+        for key in ("retriever_variants", "retrieval_encoder", "shortlist", "prompt"):
+            assert fold[key]["split"] == "dev"
+        assert set(fold["retriever_variants"]["dev"]) == set(experiment.retriever_variants("x"))
+        for model in experiment.MODELS:
+            assert fold[model]["normalisation"]["split"] == fold[model]["fusion_weight"]["split"] == "dev"
+    assert choices["best_model_approach"]["split"].startswith("dev")
+    results = json.loads((report / "results.json").read_text())
+    every, slm = results["tables"]["every"], results["tables"]["slm"]
+    assert every["n"] == sum(s["test"] for s in results["fold_sizes"]) and slm["n"] == 6
+    assert set(slm["approaches"]) == set(experiment.APPROACHES)
+    assert "Accuracy target" in (report / "report.md").read_text()
+    # The LoRA's training lists all hold the gold code; the dev lists are the retriever's.
+    for fold in range(3):
+        prepared = workspace / f"fold-{fold}" / "prepared-shortlist"
+        for line in (prepared / "train.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert row["gold_code"] in row["candidates"]
+    # No fold wrote its own test dialogues to disk, and the report holds only ids and codes (a row tested in one
+    # fold is a training row of the others, so it may appear in their folders).
+    from icd10_coder.realdata import load_real_rows
+
+    by_id = {r.row_id: r.dialogue for r in load_real_rows()}
+    outcomes = [json.loads(line) for line in (report / "outcomes.jsonl").read_text().splitlines()]
+    snippets = {fold: [by_id[o["id"]][:300].encode() for o in outcomes if o["fold"] == fold] for fold in range(3)}
+    for path in workspace.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            top = path.relative_to(workspace).parts[0]
+            own = snippets[int(top[5:])] if top.startswith("fold-") else sum(snippets.values(), [])
+            data = path.read_bytes()
+            assert not any(s in data for s in own), f"a test dialogue was written to {path}"
+
+
+@pytest.mark.slow
+def test_rescoring_calibrating_and_the_serving_model_reuse_what_the_experiment_chose(slice_run, tmp_path):
+    """The test stage redone with the same fold models gives the same outcomes; the out-of-fold rows calibrate;
+    the serving model trains on real rows with that scoring, records what it was fitted with, and is refused
+    once its adapter changes."""
+    from icd10_coder.dialogue_input import PredictionError
+    from icd10_coder.loading import load_suggester
+    from icd10_coder.workspace import Workspace
+
+    report = slice_run / "report"
+    outcomes = (report / "outcomes.jsonl").read_text()
+    scores = [json.loads(line) for line in (report / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 6 and all(set(s["loglikelihoods"]) == set(experiment.MODELS) for s in scores)
+    assert all(len(s["loglikelihoods"]["finetuned"]) == len(s["candidates"]) for s in scores)
+    assert not any("dialogue" in s for s in scores)  # codes and numbers only
+    tool("tools/experiment_real.py", "--workspace", str(slice_run), "--rescore-test", "--no-docs")
+    assert (report / "outcomes.jsonl").read_text() == outcomes
+    assert json.loads((report / "results.json").read_text())["rescored"]["minutes"] >= 0
+    best = json.loads((report / "choices.json").read_text())["best_model_approach"]["value"]
+    model = best.split("-")[0]
+    tool("tools/calibrate.py", "--experiment", str(slice_run), "--model", model, "--resamples", "100", "--no-docs")
+    calibrated = json.loads((report / "calibration.json").read_text())
+    assert calibrated["rows"] == 6 and calibrated["methods"]["temperature"]["n"] == 6
+    assert (report / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    serving_space = Workspace.at(REPO / "outputs" / f"test-serving-{tmp_path.name}")
+    try:
+        tool("tools/serving_model.py", "--experiment", str(slice_run), "--workspace", str(serving_space.root),
+             "--rows", "12", "--max-steps", "1", "--encoder-epochs", "0.05")
+        record = json.loads(serving_space.serving_file.read_text())
+        assert record["trained_on"]["rows"] == 12 and record["approach"] == f"serving-{best}"
+        assert record["calibration"] == calibrated["scoring"]["calibration"]
+        assert record["fusion_weight"] == calibrated["scoring"]["fusion_weight"]
+        assert set(record["fitted_with"]) >= {"encoder", "data_card"}
+        assert ("adapter" in record["fitted_with"]) == (model == "finetuned")
+        card = json.loads((serving_space.prepared_shortlist / "data_card.json").read_text())
+        assert card["splits"]["train"] == 12 and record["retriever"] == card["shortlist"]["retriever"]
+        suggester = load_suggester(None, None, device="cpu", workspace=serving_space,
+                                   serving_file=serving_space.serving_file)
+        result = suggester.suggest(["Doctor: Any pain?\nPatient: My left knee hurts."], 3)[0]
+        assert "trained on 12 real rows" in result["served_by"] and result["codes"]
+        changed = next(REPO / item["path"] for item in record["fitted_with"].values())
+        changed.write_bytes(changed.read_bytes() + b" ")
+        with pytest.raises(PredictionError, match="tools/serving_model.py"):
+            load_suggester(None, None, device="cpu", workspace=serving_space, serving_file=serving_space.serving_file)
+    finally:
+        shutil.rmtree(serving_space.root, ignore_errors=True)

@@ -154,8 +154,9 @@ def serving_file(folder: Path, weight: float = 0.5, temperature: float = 0.1) ->
     record = serving.scoring_record(
         approach="baseline-slm-choice-shortlist-fused", base_model=display_path(EMBEDDED_MODEL), adapter=None,
         shortlist={"k": 4, "retriever": RetrievalSettings(neighbours=0).as_record()},
-        scoring=choice.Scoring(fusion_weight=weight, temperature=temperature).as_record(),
-        dev={"split": "val", "rows": 2, "exact_match": 0.5}, test_calibration=calibration.measure([(0.5, True)]))
+        scoring=choice.Scoring("per_char", weight, calibration.Calibrator(temperature=temperature)).as_record(),
+        dev={"split": "val", "rows": 2, "exact_match": 0.5}, test_calibration=calibration.measure([(0.5, True)]),
+        data_card=None, refit="this test")
     folder.mkdir(parents=True, exist_ok=True)
     return serving.write_serving(folder / "serving.json", record, [record])
 
@@ -236,6 +237,28 @@ def test_settings_other_than_the_evaluated_ones_are_refused_or_marked_not_evalua
     assert result["not_evaluated"] == "not evaluated: --shortlist-k 6 (evaluated with 4)"
 
 
+def test_a_record_whose_fitted_files_changed_is_refused_with_the_command_that_refits_it(tmp_path):
+    from icd10_coder import calibration, choice, serving
+    from icd10_coder.dialogue_input import PredictionError
+    from icd10_coder.loading import load_suggester
+    from icd10_coder.paths import EMBEDDED_MODEL, display_path
+    from icd10_coder.retrieval import RetrievalSettings
+
+    card = tmp_path / "prepared" / "data_card.json"
+    card.parent.mkdir()
+    card.write_text('{"shortlist": {"k": 4}}')
+    record = serving.scoring_record(
+        approach="baseline-slm-choice-shortlist-fused", base_model=display_path(EMBEDDED_MODEL), adapter=None,
+        shortlist={"k": 4, "retriever": RetrievalSettings(neighbours=0).as_record()},
+        scoring=choice.Scoring().as_record(), dev={"split": "val", "rows": 2, "exact_match": 0.5},
+        test_calibration=calibration.measure([(0.5, True)]), data_card=display_path(card),
+        refit="python tools/fuse.py baseline-slm-choice-shortlist --workspace ws")
+    path = serving.write_serving(tmp_path / "serving.json", record, [record])
+    card.write_text('{"shortlist": {"k": 5}}')  # prepared again after the record was fitted
+    with pytest.raises(PredictionError, match=r"data_card .* changed .*run `python tools/fuse.py baseline-slm"):
+        load_suggester(None, None, device="cpu", serving_file=path)
+
+
 def test_predict_cli_serves_the_record_and_says_how_sure_it_is(tmp_path, embedded_model):
     from icd10_coder.realdata import read_embedded_rows
 
@@ -248,4 +271,6 @@ def test_predict_cli_serves_the_record_and_says_how_sure_it_is(tmp_path, embedde
     ranked = [line for line in out.splitlines() if line[:2] in ("1.", "2.", "3.")]
     assert len(ranked) == 3 and all("  confidence 0." in line or "confidence 1.00" in line for line in ranked)
     assert "choice by likelihood" in out
+    assert "served by baseline-slm-choice-shortlist-fused; scoring chosen on val (2 rows); confidence: temperature" \
+        in out
     assert ("not sure — search the codes" in out) != ("high confidence" in out or "medium confidence" in out)

@@ -114,6 +114,28 @@ def test_retrieval_is_an_approach_scored_by_the_same_task(tmp_path):
     assert "Retrieval (no model)" in (space.report_dir / "report.md").read_text()
 
 
+def test_retrieval_ranks_with_the_data_cards_retriever_unless_told_otherwise(tmp_path):
+    from icd10_coder.lm_eval_retrieval import effective_settings
+
+    space = Workspace.at(tmp_path / "ws")
+    space.prepared_shortlist.mkdir(parents=True)
+    recorded = RetrievalSettings(neighbours=0, dense_weight=4.0, encoder="outputs/encoders/x")
+    (space.prepared_shortlist / "data_card.json").write_text(json.dumps({"shortlist": {"k": 3, "retriever":
+                                                                                       recorded.as_record()}}))
+    config = run_eval.load_config(REPO / "recipes/eval/retrieval.yml", (), None, None, False, None, space,
+                                  shortlist=True)
+    args = config["model_args"]
+    assert args["retriever_card"] == str(space.prepared_shortlist / "data_card.json")
+    assert args["encoder"] == "outputs/encoders/x" and "neighbours" not in args  # labelled by what it runs
+    card = json.loads((space.prepared_shortlist / "data_card.json").read_text())["shortlist"]["retriever"]
+    assert effective_settings(card, args.get("neighbours"), args["encoder"]) == recorded
+    zero_shot = run_eval.load_config(REPO / "recipes/eval/retrieval.yml", ("encoder=",), None, None, False, None,
+                                     space, shortlist=True)["model_args"]
+    assert zero_shot["encoder"] == ""
+    assert effective_settings(card, None, "") == RetrievalSettings(neighbours=0, dense_weight=4.0)
+    assert effective_settings(None, 3, None) == RetrievalSettings(neighbours=3)  # no card: the defaults
+
+
 def test_shortlist_runs_get_their_own_approach_names(tmp_path):
     space = Workspace.at(tmp_path / "ws")
     space.prepared_shortlist.mkdir(parents=True)

@@ -30,11 +30,11 @@ from typing import Any
 
 import click
 
-from icd10_coder import audit, calibration
+from icd10_coder import audit, calibration, serving
 from icd10_coder.codes import chapter_title, description, search, validity
 from icd10_coder.dialogue_input import PredictionError, check_length, parse_dialogues
 from icd10_coder.evidence import evidence, highlighted
-from icd10_coder.loading import DEFAULT_SERVING, load_suggester, served_model_options
+from icd10_coder.loading import load_suggester, served_model_options
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import REPO_ROOT, display_path, private_folder
 from icd10_coder.predictor import Suggester
@@ -157,7 +157,8 @@ class Workbench:
                              dialogue=state["dialogue"], suggestions=state["suggestions"],
                              base_model=display_path(self.suggester.base_model),
                              adapter=display_path(self.suggester.adapter) if self.suggester.adapter else None,
-                             adapter_sha256=self.adapter_sha256)
+                             adapter_sha256=self.adapter_sha256,
+                             served_by=serving.served_by(self.suggester.record) if self.suggester.record else None)
         what = f"{entry['decision']['code']} ({entry['decision']['description']})" if code and action != "reject" \
             else "all suggestions"
         return (f"Recorded **{action}** of {what} at {entry['time']} in "
@@ -223,11 +224,11 @@ def measured_bands(suggester: Suggester, bench_file: Path = BENCH_FILE) -> tuple
     measured = (suggester.record or {}).get("test_calibration") or {}
     if suggester.chooses and measured.get("bands"):
         return ({"real test dialogues": measured["bands"]},
-                f"Suggestions: {suggester.record['approach']} (choice by likelihood among the top "
+                f"Suggestions: {serving.served_by(suggester.record)} (choice by likelihood among the top "
                 f"{suggester.record['shortlist_k']} retrieval candidates, fused with retrieval, weight "
-                f"{suggester.record['fusion_weight']}, temperature {suggester.record['temperature']}: all chosen on "
-                f"dev). Confidence calibrated on dev and measured on {measured['n']} held-out real test dialogues: "
-                f"top-1 right {measured['accuracy']:.0%}, ECE {measured['ece']}.")
+                f"{suggester.record['fusion_weight']}). Confidence measured on {measured['n']} held-out real "
+                f"dialogues ({measured.get('split', 'test')}): top-1 right {measured['accuracy']:.0%}, "
+                f"ECE {measured['ece']}.")
     if not bench_file.is_file():
         return {}, "Confidence bands are not measured yet: run `make bench`."
     stage = json.loads(bench_file.read_text()).get("app") or {}
@@ -328,7 +329,7 @@ def main(adapter: str | None, base_model: str | None, serving_file: Path | None,
     try:
         space = Workspace.at(workspace)
         suggester = load_suggester(base_model, adapter, device=device, workspace=space,
-                                   serving_file=serving_file or DEFAULT_SERVING, force=force)
+                                   serving_file=serving_file, force=force)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     bands, note = measured_bands(suggester)

@@ -3,6 +3,7 @@
     python tools/experiment_real.py            # 1,565 real rows, 3 category folds, ~2.5 h on 2 CPU cores (measured)
     python tools/experiment_real.py --retrieval-only   # the encoder and both retrieval approaches, ~35 min
     python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
+    python tools/experiment_real.py --rescore-test   # only the test stage again, same fold models and choices
     python tools/experiment_real.py --lora-rows 2 --dev-rows 3 --prompt-choice-rows 2 --slm-test-rows 2 \\
         --test-rows 3 --max-steps 1 --encoder-epochs 0.05 --no-docs    # the tests' slice
 
@@ -11,7 +12,8 @@ into category folds, fine-tunes the retriever's query encoder on every training 
 ``--lora-rows`` of them, makes every choice on each fold's dev rows and scores the test rows once at the
 end (protocol: ``icd10_coder/experiment.py``). Two tables: both retrieval approaches on every test row,
 and every approach on the rows the SLMs scored. Writes ``choices.json``, ``journal.jsonl``,
-``outcomes.jsonl``, ``results.json`` and ``report.md`` into ``<workspace>/report/``, and, unless
+``outcomes.jsonl``, ``scores.jsonl`` (the out-of-fold scores ``tools/calibrate.py`` fits on),
+``results.json`` and ``report.md`` into ``<workspace>/report/``, and, unless
 ``--no-docs``, the tables into ``docs/generated/experiment-real.md`` and the README/GUIDE blocks that
 show them.
 """
@@ -30,6 +32,7 @@ from typing import Any
 
 import click
 
+from icd10_coder import experiment
 from icd10_coder.experiment import Settings, markdown, run_experiment, verdict
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, display_path
@@ -79,6 +82,10 @@ DEFAULTS = Settings()
 @click.option("--from-results", is_flag=True,
               help="Run nothing: write the report (and, with --docs, the tables) again from the workspace's "
                    "report/results.json, e.g. after a change of wording.")
+@click.option("--rescore-test", is_flag=True,
+              help="Redo only the test stage of the finished run in --workspace with its trained fold models and "
+                   "recorded choices (nothing chosen anew), e.g. to write scores.jsonl for a run made before it "
+                   "existed; then the report.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
               help="Write the tables into docs/generated/experiment-real.md (GUIDE.md) and "
                    "experiment-real-summary.md (README.md).")
@@ -86,7 +93,7 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
          prompt_choice_rows: int,
          slm_test_rows: int, test_rows: int | None, shortlist_k: int, window_tokens: int, epochs: int,
          encoder_epochs: float, max_steps: int | None, retrieval_only: bool, quick: bool, from_results: bool,
-         docs: bool) -> None:
+         rescore_test: bool, docs: bool) -> None:
     """Retrieval (zero-shot and fine-tuned encoder) vs the embedded SLM (zero-shot and LoRA, choice by likelihood,
     fusion) on real category folds."""
     apply_offline_env(hub_offline=True)
@@ -108,6 +115,22 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
         rows = load_real_rows()
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
+    if rescore_test:
+        previous = json.loads((space.report_dir / "results.json").read_text())
+        if previous["test_rows"]:  # the run was a slice: the same rows again
+            rows = subsample(rows, previous["test_rows"] * previous["settings"]["folds"] * 3,
+                             seed=f"{previous['settings']['seed']}-slice")
+        os.umask(0o077)
+        started = time.perf_counter()
+        try:
+            results = experiment.rescore_test(space, rows, load_predictor)
+        except (FileNotFoundError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
+        results.update({key: previous[key] for key in ("minutes", "stage_seconds", "date", "quick", "test_rows")},
+                       rescored={"date": date.today().isoformat(),
+                                 "minutes": round((time.perf_counter() - started) / 60, 1)})
+        write_report(space, results, docs and not results["quick"] and not results["test_rows"])
+        return
     settings = Settings(folds=folds, seed=seed, lora_rows=lora_rows, dev_rows=dev_rows, slm_dev_rows=slm_dev_rows,
                         prompt_choice_rows=prompt_choice_rows, slm_test_rows=slm_test_rows, shortlist_k=shortlist_k,
                         window_tokens=window_tokens, epochs=epochs, encoder_epochs=encoder_epochs, max_steps=max_steps,
@@ -126,19 +149,21 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
     def run_tool(stage: str, arguments: list[str], fold_space: Workspace) -> None:
         run(stage, [sys.executable, *arguments], timings, fold_space)
 
-    def load_predictor(adapter: Path | None):
-        from icd10_coder.predictor import Predictor
-
-        predictor = Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
-        if adapter is not None:  # scoring only: the merged weights are ~20% faster than the adapter's extra matmuls
-            predictor.model = predictor.model.merge_and_unload()
-        return predictor
-
     started = time.perf_counter()
     results = run_experiment(space, rows, settings, run_tool, load_predictor, log=click.echo)
     results.update(minutes=round((time.perf_counter() - started) / 60, 1), stage_seconds=timings,
                    date=date.today().isoformat(), quick=quick, test_rows=test_rows)
     write_report(space, results, docs)
+
+
+def load_predictor(adapter: Path | None) -> Any:
+    """The embedded SLM (with a fold's adapter) on the CPU, for scoring candidates."""
+    from icd10_coder.predictor import Predictor  # lazy on purpose: torch
+
+    predictor = Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
+    if adapter is not None:  # scoring only: the merged weights are ~20% faster than the adapter's extra matmuls
+        predictor.model = predictor.model.merge_and_unload()
+    return predictor
 
 
 def command_line(results: dict[str, Any]) -> str:
@@ -182,7 +207,10 @@ def header_text(results: dict[str, Any]) -> str:
     return (f"{rows} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), {settings['folds']} "
             f"category folds (per fold ~{_mean(sizes, 'train', 'sibling')} training rows, {dev}, "
             f"~{_mean(sizes, 'test')} test rows); {what}. `{command_line(results)}`, {results.get('date', '?')}, "
-            f"{results.get('minutes', float('nan')):.0f} min on 2 CPU cores.")
+            f"{results.get('minutes', float('nan')):.0f} min on 2 CPU cores" + (
+                f"; test stage redone with the same fold models and choices (`--rescore-test`), "
+                f"{results['rescored']['date']}, {results['rescored']['minutes']:.0f} min" if results.get("rescored")
+                else "") + ".")
 
 
 def write_report(space: Workspace, results: dict[str, Any], docs: bool) -> None:

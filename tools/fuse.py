@@ -8,7 +8,7 @@ Reads the per-candidate log-likelihoods lm-eval logged for the validation split
 (``<workspace>/eval-val/NAME``), picks the fusion weight with the best validation exact match
 (``icd10_coder.choice.choose_weight``: 0 = the retriever's order, 1 = the model's) and the softmax
 temperature that makes the top candidate's probability a calibrated confidence
-(``choice.fit_temperature``), then applies both to the test samples already logged in
+(``calibration.fit_temperature``), then applies both to the test samples already logged in
 ``<workspace>/eval/NAME`` (no model runs again; ``choice.score_shortlist``, the function predict
 and the app serve with) and writes ``<workspace>/eval/NAME-fused/``: results and per-sample logs
 in lm-eval's layout (scored by ``icd10_coder.scoring``, so the report treats it as any approach),
@@ -121,8 +121,10 @@ def main(name: str, workspace: str | None) -> None:
     click.echo(f"fusion weight {weight} (validation exact match {curve[weight]:.3f} over {len(validation)} rows; "
                f"retriever alone {curve[0.0]:.3f}, model alone {curve[1.0]:.3f})")
     weighted = choice.Scoring(normalisation="per_char", fusion_weight=weight)
-    temperature = choice.fit_temperature(calibration_rows(validation, weighted))
-    scoring = choice.Scoring(normalisation="per_char", fusion_weight=weight, temperature=temperature)
+    calibrator = calibration.fit(calibration_rows(validation, weighted), "temperature",
+                                 f"val ({len(validation)} rows)")
+    temperature = calibrator.temperature
+    scoring = choice.Scoring(normalisation="per_char", fusion_weight=weight, calibrator=calibrator)
     dev_calibration = calibration.measure(confidence_pairs(fused_samples(validation, scoring)))
     click.echo(f"temperature {temperature} (dev ECE {dev_calibration['ece']})")
     out = space.eval_dir / (name + FUSED_SUFFIX)
@@ -166,7 +168,9 @@ def main(name: str, workspace: str | None) -> None:
             shortlist=card["shortlist"], scoring=scoring.as_record(),
             dev={"split": "val", "rows": len(validation), "exact_match": curve[weight],
                  "calibration": dev_calibration},
-            test_calibration={**test_calibration, "split": "test", "note": "measured after every choice, never used"})
+            test_calibration={**test_calibration, "split": "test", "note": "measured after every choice, never used"},
+            data_card=display_path(card_file / "data_card.json"),
+            refit=f"python tools/fuse.py {name} --workspace {display_path(space.root)}")
         serving.write_record(record, out, adapter if adapter and (adapter / "adapter_config.json").is_file() else None)
     else:
         click.secho(f"no shortlist in {display_path(card_file)}/data_card.json: no scoring record written",

@@ -30,7 +30,7 @@ import click
 from tqdm import tqdm
 
 from icd10_coder.dialogue_input import PredictionError, read_dialogues
-from icd10_coder.loading import DEFAULT_SERVING, load_suggester, served_model_options
+from icd10_coder.loading import load_suggester, served_model_options
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.predictor import Predictor
 from icd10_coder.prompts import PROMPT_RECORD
@@ -46,7 +46,8 @@ def human(result: dict[str, Any]) -> str:
         lines.append(f"NOT EVALUATED — {result['not_evaluated']}; the confidence and band do not apply")
     if result.get("scored_by"):
         verdict = "not sure — search the codes" if result.get("not_sure") else f"{result['band']} confidence"
-        return "\n".join(lines + [f"{verdict} ({result['scored_by']})"])
+        served = [f"served by {result['served_by']}"] if result.get("served_by") else []
+        return "\n".join(lines + [f"{verdict} ({result['scored_by']})", *served])
     return "\n".join(lines + [f"model answer: {result['raw_answer']!r}"])
 
 
@@ -85,7 +86,7 @@ def main(source: str, adapter: str | None, base_model: str | None, serving_file:
         suggester = load_suggester(base_model, adapter, constrain=constrain, device=device, engine=engine,
                                    shortlist=shortlist, shortlist_k=shortlist_k, workspace=Workspace.at(workspace),
                                    generate=generate or engine == "vllm",
-                                   serving_file=serving_file or DEFAULT_SERVING, force=force)
+                                   serving_file=serving_file, force=force)
     except (PredictionError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     on_gpu = isinstance(suggester.predictor, Predictor) and suggester.predictor.device == "cuda"

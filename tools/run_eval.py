@@ -33,6 +33,7 @@ import click
 import yaml
 
 from icd10_coder import approach
+from icd10_coder.datacard import card_retriever
 from icd10_coder.endpoints import API_MODELS, EndpointError, check_endpoint, unreachable_reason
 from icd10_coder.offline import workspace_env
 from icd10_coder.paths import REPO_ROOT, display_path, make_private
@@ -118,6 +119,11 @@ def load_config(path: Path, overrides: tuple[str, ...], limit: float | None, dat
     if engine == RETRIEVAL_MODEL:  # its neighbour index: the training split of the evaluated data
         model_args["train"] = display_path(data / "train.jsonl")
         model_args["cache_dir"] = display_path(workspace.retrieval_cache)
+        card = data / "data_card.json"
+        recorded = card_retriever(card) if card.is_file() else None
+        if recorded:  # rank as the shortlist did; --model-arg neighbours/encoder still change it, visibly
+            model_args["retriever_card"] = display_path(card)
+            model_args.setdefault("encoder", recorded.get("encoder", ""))
     config["output_path"] = output_path(path, config, workspace, engine, shortlist, split, name)
     # Absolute paths among the model's arguments (a workspace inside the checkout, the embedded model) go to
     # lm-eval relative too: it names result folders after the model.

@@ -38,7 +38,8 @@ def adapter_hash(adapter: Path | None) -> str | None:
 
 
 def record(folder: Path, *, action: str, code: str | None, dialogue: str, suggestions: list[dict[str, Any]],
-           base_model: str, adapter: str | None, adapter_sha256: str | None) -> dict[str, Any]:
+           base_model: str, adapter: str | None, adapter_sha256: str | None,
+           served_by: str | None = None) -> dict[str, Any]:
     """Append one decision to ``folder/decisions.jsonl`` (created owner-only) and return it."""
     if action not in ACTIONS:
         raise ValueError(f"unknown decision {action!r} (one of {', '.join(ACTIONS)})")
@@ -47,7 +48,7 @@ def record(folder: Path, *, action: str, code: str | None, dialogue: str, sugges
 
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base_model": base_model, "adapter": adapter, "adapter_sha256": adapter_sha256,
+        "base_model": base_model, "adapter": adapter, "adapter_sha256": adapter_sha256, "served_by": served_by,
         "dialogue_sha256": sha256_text(dialogue),
         "suggestions": [{"code": s["code"], "confidence": s.get("confidence"),
                          "shortlist_probability": s.get("shortlist_probability")} for s in suggestions],

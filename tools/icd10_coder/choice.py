@@ -11,18 +11,18 @@ Fusion: both score lists are min-max normalised within the row's shortlist and m
 (:func:`choose_weight`) and then applied once to the test split (``tools/fuse.py``).
 
 This module is the one home of a candidate's score: :func:`score_shortlist` (normalisation, fusion,
-probability at the temperature fitted on dev by :func:`fit_temperature`) is what ``tools/fuse.py``,
+probability by the scoring's calibrator, :mod:`icd10_coder.calibration`) is what ``tools/fuse.py``,
 the report, ``tools/predict.py`` and the app rank and show; the lm-eval task ranks with the same
 :func:`per_char` and :func:`rank`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from icd10_coder.calibration import Calibrator
 from icd10_coder.codes import description
 from icd10_coder.prompts import render_answer
 
@@ -107,6 +107,18 @@ def predicted_codes(sample: dict[str, Any]) -> list[str]:
     return rank(candidates, per_char(sample_loglikelihoods(sample), candidates))
 
 
+def split_continuations(tokenize: Any, context: str, continuations: Sequence[str]) -> tuple[list[int],
+                                                                                          list[list[int]]]:
+    """Token ids of ``context`` and of each continuation exactly as lm-eval splits them
+    (``TemplateLM._encode_pair``): the context's trailing whitespace moves to the continuation, and the
+    continuation is what tokenising context + continuation adds to the context's tokens. Predict and the
+    choice task then score the same tokens. ``tokenize``: text -> ids, no special tokens."""
+    stripped = context.rstrip()
+    moved = context[len(stripped):]
+    context_ids = tokenize(stripped)
+    return context_ids, [tokenize(stripped + moved + text)[len(context_ids):] for text in continuations]
+
+
 def continuation_loglikelihoods(model: Any, context: list[int], continuations: list[list[int]],
                                 device: Any = "cpu") -> list[tuple[float, bool]]:
     """Sum log-probability (and greedy flag) of each continuation after ``context``: the context runs
@@ -161,23 +173,32 @@ def choose_weight(rows: Sequence[tuple[list[str], list[float], list[float], str]
 @dataclass(frozen=True)
 class Scoring:
     """Everything that turns a shortlist's log-likelihoods into the served ranking and probabilities, chosen
-    on the dev split (``tools/fuse.py``) and stored with the adapter (``icd10_coder.serving``)."""
+    on the dev split (``tools/fuse.py``) or on out-of-fold rows (``tools/calibrate.py``) and stored with the
+    adapter (``icd10_coder.serving``)."""
 
     normalisation: str = "per_char"
     fusion_weight: float = 1.0  # 1: the model's order alone; 0: the retriever's
-    temperature: float = 1.0  # softmax temperature over the fused scores (calibration)
+    calibrator: Calibrator = Calibrator()  # fused scores -> probabilities (icd10_coder.calibration)
+
+    @property
+    def temperature(self) -> float:
+        return self.calibrator.temperature
 
     def as_record(self) -> dict[str, Any]:
         return {"normalisation": self.normalisation, "fusion_weight": self.fusion_weight,
-                "temperature": self.temperature}
+                "temperature": self.calibrator.temperature, "calibration": self.calibrator.as_record()}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Scoring:
-        missing = [key for key in ("normalisation", "fusion_weight", "temperature") if key not in record]
+        missing = [key for key in ("normalisation", "fusion_weight", "temperature", "calibration") if key not in record]
         if missing:
             raise ValueError(f"scoring record lacks {missing}: written by an older version; run tools/fuse.py again")
+        calibrator = Calibrator.from_record(record["calibration"])
+        if calibrator.temperature != float(record["temperature"]):
+            raise ValueError(f"scoring record: temperature {record['temperature']} differs from its calibration's "
+                             f"{calibrator.temperature}")
         return cls(normalisation=str(record["normalisation"]), fusion_weight=float(record["fusion_weight"]),
-                   temperature=float(record["temperature"]))
+                   calibrator=calibrator)
 
 
 @dataclass(frozen=True)
@@ -189,46 +210,17 @@ class Scored:
     probability: float
 
 
-def probabilities(fused: Sequence[float], temperature: float) -> list[float]:
-    """Softmax of the fused scores at ``temperature``: a probability over the shortlist."""
-    if not fused:
-        return []
-    scaled = [f / temperature for f in fused]
-    top = max(scaled)
-    weights = [math.exp(s - top) for s in scaled]
-    total = sum(weights)
-    return [w / total for w in weights]
+def shortlist_fused(candidates: Sequence[str], loglikelihoods: Sequence[float], retrieval: Sequence[float],
+                    scoring: Scoring, token_counts: Sequence[int] | None = None) -> list[float]:
+    """Each candidate's fused score (list order) under ``scoring``'s normalisation and weight."""
+    model = normalised(loglikelihoods, candidates, scoring.normalisation, token_counts)
+    return fused_scores(model, retrieval, scoring.fusion_weight)
 
 
 def score_shortlist(candidates: Sequence[str], loglikelihoods: Sequence[float], retrieval: Sequence[float],
                     scoring: Scoring, token_counts: Sequence[int] | None = None) -> list[Scored]:
     """The candidates best first with their fused score and probability: what fuse, the report, predict and the
     app all rank and show (ties keep the retriever's order)."""
-    model = normalised(loglikelihoods, candidates, scoring.normalisation, token_counts)
-    fused = fused_scores(model, retrieval, scoring.fusion_weight)
-    probability = probabilities(fused, scoring.temperature)
+    fused = shortlist_fused(candidates, loglikelihoods, retrieval, scoring, token_counts)
+    probability = scoring.calibrator.probabilities(fused)
     return [Scored(candidates[i], round(fused[i], 6), probability[i]) for i in best_first(fused)]
-
-
-# Temperatures tried on the dev split: 0.01 .. 10, geometric.
-TEMPERATURE_GRID: tuple[float, ...] = tuple(round(10 ** (-2 + i / 20), 5) for i in range(61))
-
-
-def top_log_loss(rows: Sequence[tuple[list[float], bool]], temperature: float) -> float:
-    """Mean log loss of "the top candidate is right" with the top's probability at ``temperature``; rows are
-    (fused scores of the shortlist, was the top candidate the gold code)."""
-    total = 0.0
-    for fused, right in rows:
-        p = min(1 - 1e-6, max(1e-6, max(probabilities(fused, temperature))))
-        total -= math.log(p if right else 1 - p)
-    return total / len(rows)
-
-
-def fit_temperature(rows: Sequence[tuple[list[float], bool]],
-                    grid: Sequence[float] = TEMPERATURE_GRID) -> float:
-    """The temperature whose top-candidate probability best predicts top-1 correctness on the dev rows (least
-    log loss): the shown confidence then means "how often a suggestion like this was right". A gold code
-    missing from the list counts as wrong, so the probability also carries the shortlist's misses."""
-    if not rows:
-        raise ValueError("no dev rows to fit the temperature on")
-    return min(grid, key=lambda t: (round(top_log_loss(rows, t), 9), t))

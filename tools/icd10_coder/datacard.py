@@ -3,6 +3,7 @@ validity, token lengths against every recipe's ``sequence_len``, the shortlist's
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -186,3 +187,10 @@ def data_card_markdown(card: dict[str, Any]) -> str:
               + ", ".join(f"{k}: {v}" for k, v in card["codes_per_chapter"].items()), "",
               "Files (sha256):", ""] + [f"- `{name}` {digest}" for name, digest in card["files_sha256"].items()]
     return "\n".join(lines) + "\n"
+
+
+def card_retriever(card: Path) -> dict[str, Any] | None:
+    """The shortlist retriever a prepared data card records (None: data prepared without a shortlist)."""
+    if not card.is_file():
+        raise FileNotFoundError(f"{card}: no data card; run tools/prepare.py")
+    return (json.loads(card.read_text()).get("shortlist") or {}).get("retriever")

@@ -27,7 +27,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +223,14 @@ def outcome(row: RealRow, fold: int, retrieval: dict[str, list[str]], slm: Short
     return result
 
 
+def oof_record(row: Shortlisted, fold: int) -> dict[str, Any]:
+    """An SLM-scored test row as calibration reads it (:mod:`icd10_coder.calibration`): out of fold, because
+    the fold's models never trained on the row's category."""
+    return {"id": row.row_id, "fold": fold, "gold": row.code, "candidates": list(row.candidates),
+            "candidate_scores": list(row.candidate_scores), "loglikelihoods": row.loglikelihoods,
+            "token_counts": row.token_counts, "window": bool(row.window)}
+
+
 # ---------------------------------------------------------------- tables
 
 
@@ -402,7 +410,8 @@ def write_pairs(path: Path, rows: list[RealRow]) -> Path:
 
 
 def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortlisted], k: int,
-                        retriever: dict[str, Any], window_tokens: int, seed: int) -> int:
+                        retriever: dict[str, Any], window_tokens: int, seed: int,
+                        source: str = "shared real MedSynth rows (experiment fold)") -> int:
     """The fold's axolotl data as prepare writes it (train.jsonl with the gold code on every list, val.jsonl =
     dev rows as retrieved, data card with K, retriever and prompt), which tools/train.py copies into the
     adapter's prompt record. Returns how many training lists got the gold code put on."""
@@ -417,7 +426,7 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
         taught.append(replace(row, candidates=candidates, candidate_scores=scores))
     for name, rows in (("train.jsonl", taught), ("val.jsonl", dev)):
         write_jsonl(folder / name, [training_record(row) for row in rows])
-    card = {"source": "shared real MedSynth rows (experiment fold)", "splits": {"train": len(train), "val": len(dev)},
+    card = {"source": source, "splits": {"train": len(train), "val": len(dev)},
             "shortlist": {"k": k, "retriever": retriever, "evidence_window": window_tokens,
                           "recall_at_k": {"train": _mean(r.code in r.candidates for r in train),
                                           "val": _mean(r.code in r.candidates for r in dev)},
@@ -544,7 +553,18 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
     (space.report_dir / "choices.json").write_text(json.dumps(record, indent=2) + "\n")
     journal.write("choices written")
     log(f"choices made on dev: {json.dumps(record['best_model_approach'])}")
-    # ---- test stage: the only place test rows are taken, ranked and scored.
+    return run_test_stage(space, folds, settings, choices, retrievers, adapters, load_predictor, journal)
+
+
+def run_test_stage(space: Workspace, folds: list[Fold], settings: Settings, choices: dict[int, dict[str, Any]],
+               retrievers: dict[int, dict[str, Retriever]], adapters: dict[int, Path],
+               load_predictor: Callable[[Path | None], Any], journal: Journal) -> dict[str, Any]:
+    """The only place test rows are taken, ranked and scored, with the choices made on dev. Writes
+    ``outcomes.jsonl`` (top codes and metrics per approach), ``scores.jsonl`` (every SLM-scored row's shortlist,
+    retrieval scores and both models' log-likelihoods: the out-of-fold predictions calibration is fitted on;
+    codes and numbers, no dialogue text) and ``results.json``."""
+    record = json.loads((space.report_dir / "choices.json").read_text())
+    k = settings.shortlist_k
     outcomes = []
     slm_rows: dict[int, list[Shortlisted]] = {}
     rankings: dict[int, dict[str, dict[str, list[str]]]] = {}
@@ -579,8 +599,39 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
     results["choices"] = record
     results["fold_sizes"] = [f.sizes() for f in folds]
     write_jsonl(space.report_dir / "outcomes.jsonl", outcomes)
+    write_jsonl(space.report_dir / "scores.jsonl", (oof_record(r, fold) for fold, rs in slm_rows.items() for r in rs))
     (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def rescore_test(space: Workspace, rows: list[RealRow], load_predictor: Callable[[Path | None], Any]) -> dict[str, Any]:
+    """The test stage again with a finished run's trained fold models (encoders, adapters) and its recorded
+    choices (``choices.json``), nothing chosen anew: for a run made before a scoring change, e.g. before
+    ``scores.jsonl`` existed."""
+    recorded = space.report_dir / "choices.json"
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{display_path(recorded)}: no finished run to rescore; run the experiment first")
+    record = json.loads(recorded.read_text())
+    known = {f.name for f in fields(Settings)}
+    settings = Settings(**{key: tuple(v) if isinstance(v, list) else v for key, v in record["settings"].items()
+                           if key in known})
+    if settings.retrieval_only:
+        raise ValueError("a retrieval-only run has no SLM scores to redo; run the experiment again instead")
+    journal = Journal(space.root / "journal.jsonl")
+    journal.write("rescore test stage")
+    folds = category_folds(rows, folds=settings.folds, dev_share=settings.dev_share, seed=settings.seed)
+    choices = {int(fold): picked for fold, picked in record["folds"].items()}
+    retrievers, adapters = {}, {}
+    for fold in folds:
+        picked = choices[fold.index]
+        wanted = {ZERO_SHOT, picked["retrieval_encoder"]["value"], picked["shortlist"]["value"]}
+        retrievers[fold.index] = {
+            name: Retriever.fit(RetrievalSettings.from_record(picked["retriever_variants"]["dev"][name]["settings"]))
+            for name in wanted}
+        adapters[fold.index] = _adapter(fold_workspace(space, fold.index), settings)
+        if not (adapters[fold.index] / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{display_path(adapters[fold.index])}: fold {fold.index}'s adapter is missing")
+    return run_test_stage(space, folds, settings, choices, retrievers, adapters, load_predictor, journal)
 
 
 def _train_overrides(settings: Settings) -> list[str]:

@@ -8,6 +8,7 @@ scores it exactly like the model approaches. The floor every model must beat.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models first: its registry loads them only while empty)
@@ -16,22 +17,38 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from icd10_coder.codes import description
+from icd10_coder.datacard import card_retriever
 from icd10_coder.prompts import DEFAULT_MAX_ALTERNATIVES, render_answer
 from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 
 BATCH = 64
 
 
+def effective_settings(record: dict | None, neighbours: int | None, encoder: str | None) -> RetrievalSettings:
+    """The retriever ``record`` (or the defaults) with the explicitly given ``neighbours`` and ``encoder``."""
+    settings = RetrievalSettings.from_record(record) if record else RetrievalSettings()
+    changes: dict[str, object] = {}
+    if neighbours is not None:
+        changes["neighbours"] = int(neighbours)
+    if encoder is not None:
+        changes["encoder"] = str(encoder)
+    return replace(settings, **changes)
+
+
 @register_model("icd10-retrieval")
 class RetrievalLM(LM):
     """Answers with the retriever's top codes; ``train``: prepared train.jsonl for the neighbour part;
-    ``encoder``: a fine-tuned query encoder folder for the dense ranking (tools/train_encoder.py)."""
+    ``retriever_card``: a prepared data card whose shortlist retriever is used (``tools/run_eval.py`` passes the
+    evaluated data's, so Retrieval ranks as the shortlist did), else ``RetrievalSettings()``; ``neighbours`` and
+    ``encoder`` (a fine-tuned query encoder folder, tools/train_encoder.py; "" for the base encoder) change it
+    where given."""
 
     def __init__(self, train: str | None = None, cache_dir: str | None = None,
-                 answers: int = 1 + DEFAULT_MAX_ALTERNATIVES, neighbours: int = RetrievalSettings.neighbours,
-                 encoder: str = "", **_: object) -> None:
+                 answers: int = 1 + DEFAULT_MAX_ALTERNATIVES, retriever_card: str | None = None,
+                 neighbours: int | None = None, encoder: str | None = None, **_: object) -> None:
         super().__init__()
-        settings = RetrievalSettings(neighbours=int(neighbours), encoder=str(encoder or ""))
+        settings = effective_settings(card_retriever(Path(retriever_card)) if retriever_card else None, neighbours,
+                                      encoder)
         use_train = settings.neighbours and train and Path(train).is_file()
         pairs = read_training_pairs(Path(train)) if use_train else None
         self.retriever = load_or_fit(Path(cache_dir) if cache_dir else None, settings, pairs)

@@ -14,14 +14,21 @@ from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path
 from icd10_coder.predictor import Predictor, Shortlister, Suggester, VllmPredictor
 from icd10_coder.prompts import PROMPT_RECORD
 from icd10_coder.serving import SCORING_RECORD
-from icd10_coder.workspace import DEMO_WORKSPACE, Workspace
+from icd10_coder.workspace import DEMO_WORKSPACE, SERVING_WORKSPACE, Workspace
 
 # What `make demo` trains on real rows; a real run's adapter is passed explicitly (outputs/adapters/qlora).
 DEFAULT_ADAPTER = Workspace.at(DEMO_WORKSPACE).adapters_dir / "demo-cpu-shortlist"
 
 
-# The approach `make demo` found best on dev (base model, adapter, scoring): the default served.
-DEFAULT_SERVING = Workspace.at(DEMO_WORKSPACE).serving_file
+# What is served by default: the serving model (`make serving-model`: trained on every real row, calibrated out of
+# fold) when it exists, else the approach `make demo` found best on dev.
+SERVING_MODEL = Workspace.at(SERVING_WORKSPACE).serving_file
+DEMO_SERVING = Workspace.at(DEMO_WORKSPACE).serving_file
+
+
+def default_serving() -> Path:
+    """The serving model's record when `make serving-model` has written one, else make demo's."""
+    return SERVING_MODEL if SERVING_MODEL.is_file() else DEMO_SERVING
 
 
 def served_model_options(command: Any) -> Any:
@@ -31,14 +38,16 @@ def served_model_options(command: Any) -> Any:
     options = [
         click.option("--adapter", default=None, metavar="DIR|none",
                      help=f"LoRA adapter folder (its {SCORING_RECORD}, written by tools/fuse.py, sets the scoring). "
-                          f"Default: the approach make demo served ({display_path(DEFAULT_SERVING)}), else "
+                          f"Default: the serving model ({display_path(SERVING_MODEL)}, make serving-model), else the "
+                          f"approach make demo served ({display_path(DEMO_SERVING)}), else "
                           f"{display_path(DEFAULT_ADAPTER)}; 'none' for the base model alone."),
         click.option("--base-model", default=None,
                      help="Base model: a local folder, or a hub id already in the local cache (the recipe's "
                           f"base_model). Default: the served record's, else {display_path(EMBEDDED_MODEL)}."),
         click.option("--serving", "serving_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="The served approach when --adapter is not given: a serving.json (make demo's) or a fused "
-                          f"result's scoring.json. Default: {display_path(DEFAULT_SERVING)}."),
+                          f"result's scoring.json. Default: {display_path(SERVING_MODEL)} when it exists, else "
+                          f"{display_path(DEMO_SERVING)}."),
         click.option("--force", is_flag=True,
                      help="Serve even where --base-model or --shortlist-k differ from what the served record was "
                           "evaluated with; every answer is then marked 'not evaluated'."),
@@ -84,10 +93,11 @@ def resolve_adapter(adapter: str | None) -> Path | None:
     return path
 
 
-def served_record(adapter: str | None, serving_file: Path = DEFAULT_SERVING) -> dict[str, Any] | None:
+def served_record(adapter: str | None, serving_file: Path | None = None) -> dict[str, Any] | None:
     """The scoring record to serve: ``make demo``'s choice (``serving.json``) when no adapter is named, else the
     named adapter's own record (``icd10_scoring.json``); None: no record (generation)."""
 
+    serving_file = serving_file or default_serving()
     if adapter is None:
         if serving_file.is_file():
             return serving.read_record(serving_file)
@@ -99,11 +109,11 @@ def served_record(adapter: str | None, serving_file: Path = DEFAULT_SERVING) -> 
 
 def load_suggester(base_model: str | None, adapter: str | None, *, constrain: bool = True, device: str = "auto",
                    engine: str = "hf", shortlist: bool | None = None, shortlist_k: int | None = None,
-                   workspace: Workspace | None = None, serving_file: Path = DEFAULT_SERVING,
+                   workspace: Workspace | None = None, serving_file: Path | None = None,
                    generate: bool = False, force: bool = False) -> Suggester:
     """Check the model folders, load the model, and set up the shortlist and scoring it was evaluated with.
 
-    With no ``adapter``, ``make demo``'s served approach (``serving_file``) when it exists: its base model,
+    With no ``adapter``, the served approach (``serving_file``, default :func:`default_serving`): its base model,
     adapter (or none), shortlist and scoring. ``generate``: beam search instead of the recorded choice. A
     ``base_model`` or ``shortlist_k`` other than the record's is refused unless ``force``, which marks every answer
     "not evaluated": the record's weight and temperature were fitted for its own model and K."""
@@ -116,6 +126,9 @@ def load_suggester(base_model: str | None, adapter: str | None, *, constrain: bo
         recorded_base = record.get("base_model") and serving.resolve_model(record["base_model"])
         if base_model is not None and recorded_base and Path(base_model).resolve() != Path(recorded_base).resolve():
             overrides.append(f"--base-model {base_model} (evaluated with {record['base_model']})")
+    if record is not None and (stale := serving.stale_files(record)):
+        raise PredictionError(f"{record['approach']}'s scoring record no longer matches what it was fitted with "
+                              f"({'; '.join(stale)}): run `{record['refit']}`")
     if overrides and not force:
         raise PredictionError(f"{record['approach']} was evaluated with other settings than {'; '.join(overrides)}: "
                               "drop the option, or pass --force to serve it anyway (every answer is then marked "

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from icd10_coder.calibration import NOT_SURE, band
-from icd10_coder.choice import Scoring, answer_lines, continuation_loglikelihoods, score_shortlist
+from icd10_coder.choice import Scoring, answer_lines, continuation_loglikelihoods, score_shortlist, split_continuations
 from icd10_coder.codes import description, hierarchy, validity
 from icd10_coder.dialogue import clean_dialogue
 from icd10_coder.dialogue_input import PredictionError
 from icd10_coder.parsing import extract_codes
 from icd10_coder.prompts import chat_messages
 from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
+from icd10_coder.serving import served_by
 
 # Beams searched even when fewer codes are asked for: the beam shares need alternatives.
 MIN_BEAMS = 3
@@ -213,8 +214,8 @@ class Predictor:
 
         prompt = self.tokenizer.apply_chat_template(prompt_messages(dialogue, candidates, excerpt),
                                                     add_generation_prompt=True, tokenize=False)
-        context = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        lines = [self.tokenizer(line, add_special_tokens=False)["input_ids"] for line in answer_lines(candidates)]
+        context, lines = split_continuations(lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                             prompt, answer_lines(candidates))
         scores = continuation_loglikelihoods(self.model, context, lines, self.device)
         return [(total, len(tokens)) for (total, _), tokens in zip(scores, lines, strict=True)]
 
@@ -272,6 +273,8 @@ class Suggester:
         else:
             results = self.predictor.predict_batch(texts, top_k, codes, excerpt)
         for index, result in enumerate(results):
+            if self.record is not None and self.chooses:
+                result["served_by"] = served_by(self.record)
             if self.not_evaluated:
                 result["not_evaluated"] = self.not_evaluated
             if lists:

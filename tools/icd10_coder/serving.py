@@ -19,16 +19,65 @@ from icd10_coder.paths import REPO_ROOT, display_path
 
 SCORING_RECORD = "icd10_scoring.json"
 FUSED_SUFFIX = "-fused"  # tools/fuse.py writes eval/<name>-fused/
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the calibrator and the hashes of what the record was fitted with
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file (hex, first 16 characters): enough to tell a retrained file from the one recorded."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fitted_files(adapter: str | None, retriever: dict[str, Any], data_card: str | None) -> dict[str, str]:
+    """The files a scoring record was fitted with, by role, as recorded paths: the adapter's weights, the
+    fine-tuned query encoder's weights and the prepared data's card."""
+    files = {"adapter": f"{adapter}/adapter_model.safetensors" if adapter else None,
+             "encoder": f"{retriever['encoder']}/model.safetensors" if retriever.get("encoder") else None,
+             "data_card": data_card}
+    return {role: path for role, path in files.items() if path}
 
 
 def scoring_record(*, approach: str, base_model: str, adapter: str | None, shortlist: dict[str, Any],
-                   scoring: dict[str, Any], dev: dict[str, Any], test_calibration: dict[str, Any]) -> dict[str, Any]:
-    """One served approach, everything that shapes its prompt or score, with where each value was chosen."""
+                   scoring: dict[str, Any], dev: dict[str, Any], test_calibration: dict[str, Any],
+                   data_card: str | None, refit: str) -> dict[str, Any]:
+    """One served approach, everything that shapes its prompt or score, with where each value was chosen, and
+    the hashes of the files it was fitted with (``refit``: the command that writes it again)."""
+    files = fitted_files(adapter, shortlist["retriever"], data_card)
     return {"version": RECORD_VERSION, "approach": approach, "base_model": base_model, "adapter": adapter,
             "shortlist_k": shortlist["k"], "retriever": shortlist["retriever"],
             "evidence_window": shortlist.get("evidence_window", 0), **scoring,
-            "chosen_on": dev, "test_calibration": test_calibration}
+            "chosen_on": dev, "test_calibration": test_calibration,
+            "fitted_with": {role: {"path": path, "sha256": file_hash(resolve(path))} for role, path in files.items()},
+            "refit": refit}
+
+
+def served_by(record: dict[str, Any]) -> str:
+    """What is serving, in one line for the page, the CLI and the audit log: the approach, what it was trained
+    on, where its choices and its confidence's calibration come from."""
+    trained = record.get("trained_on")
+    what = (f"the serving model ({record['approach']}), trained on {trained['rows']} real rows"
+            if trained else record["approach"])
+    chosen = record["chosen_on"]
+    calibrator = record["calibration"]
+    return (f"{what}; scoring chosen on {chosen['split']} ({chosen['rows']} rows); confidence: "
+            f"{calibrator['method']} calibration fitted on {calibrator['fitted_on']}")
+
+
+def stale_files(record: dict[str, Any]) -> list[str]:
+    """The recorded files that are missing or changed since the record was fitted (e.g. a retrained adapter)."""
+    stale = []
+    for role, recorded in record["fitted_with"].items():
+        path = resolve(recorded["path"])
+        if not path.is_file():
+            stale.append(f"{role} {recorded['path']} is missing")
+        elif file_hash(path) != recorded["sha256"]:
+            stale.append(f"{role} {recorded['path']} changed since the record was fitted")
+    return stale
 
 
 def write_record(record: dict[str, Any], results_dir: Path, adapter_dir: Path | None = None) -> None:

@@ -21,6 +21,7 @@ from icd10_coder.paths import REPO_ROOT, display_path
 
 WORKSPACE_ENV = "ICD10_WORKSPACE"
 DEMO_WORKSPACE = REPO_ROOT / "outputs" / "demo"
+SERVING_WORKSPACE = REPO_ROOT / "outputs" / "serving"  # tools/serving_model.py: trained on every real row
 # Real-run paths as recipes and run configs write them (relative to the checkout).
 REAL_PREPARED = Path("data") / "prepared"
 REAL_DATA = Path("data")
