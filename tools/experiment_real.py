@@ -33,7 +33,8 @@ from typing import Any
 import click
 
 from icd10_coder import experiment
-from icd10_coder.experiment import Settings, markdown, run_experiment, verdict
+from icd10_coder.experiment import Settings, markdown, readme_summary, run_experiment, verdict
+from icd10_coder.generated import write_generated
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, display_path
 from icd10_coder.realdata import REAL_FILES, load_real_rows, subsample
@@ -221,9 +222,6 @@ def write_report(space: Workspace, results: dict[str, Any], docs: bool) -> None:
     (space.report_dir / "report.md").write_text("# Real-data experiment\n\n" + text)
     click.echo("\n" + text)
     if docs:
-        from icd10_coder.experiment import readme_summary
-        from icd10_coder.generated import write_generated
-
         write_generated("experiment-real-summary", readme_summary(header, results))
         click.echo(f"wrote {display_path(write_generated('experiment-real', text))} (GUIDE), "
                    "experiment-real-summary.md (README) and their blocks")

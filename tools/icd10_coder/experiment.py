@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from icd10_coder import choice
 from icd10_coder.approach import label as approach_label
@@ -42,9 +42,6 @@ from icd10_coder.retrieval import RetrievalSettings, Retriever, recall_at
 from icd10_coder.scoring import score_codes
 from icd10_coder.stats import holm, mcnemar, wilson
 from icd10_coder.workspace import Workspace
-
-if TYPE_CHECKING:
-    from icd10_coder.workspace import Workspace
 
 MODELS = ("baseline", "finetuned")
 RETRIEVAL_APPROACHES = ("retrieval", "retrieval-encoder")
@@ -390,7 +387,7 @@ def best_model_approach(dev: dict[int, list[Shortlisted]], choices: dict[int, di
 
 
 # A tool run as the user would type it: (stage name, arguments after `python`, the workspace it runs in).
-ToolRunner = Callable[[str, list[str], "Workspace"], None]
+ToolRunner = Callable[[str, list[str], Workspace], None]
 
 
 # ---------------------------------------------------------------- the run
@@ -429,7 +426,7 @@ def write_training_data(folder: Path, train: list[Shortlisted], dev: list[Shortl
     card = {"source": source, "splits": {"train": len(train), "val": len(dev)},
             "shortlist": {"k": k, "retriever": retriever, "evidence_window": window_tokens,
                           "recall_at_k": {"train": _mean(r.code in r.candidates for r in train),
-                                          "val": _mean(r.code in r.candidates for r in dev)},
+                                          "val": _mean(r.code in r.candidates for r in dev) if dev else None},
                           "gold_on_training_lists": {"inserted": inserted, "rows": len(train)}}}
     (folder / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
     return inserted
