@@ -60,7 +60,9 @@ def served_by(record: dict[str, Any]) -> str:
     """What is serving, in one line for the page, the CLI and the audit log: the approach, what it was trained
     on, where its choices and its confidence's calibration come from."""
     trained = record.get("trained_on")
+    lora = trained.get("lora_rows") if trained else None
     what = (f"the serving model ({record['approach']}), trained on {trained['rows']} real rows"
+            + (f" (the LoRA on {lora} of them)" if lora and lora != trained["rows"] else "")
             if trained else record["approach"])
     chosen = record["chosen_on"]
     calibrator = record["calibration"]
