@@ -161,10 +161,7 @@ def load_predictor(adapter: Path | None) -> Any:
     """The embedded SLM (with a fold's adapter) on the CPU, for scoring candidates."""
     from icd10_coder.predictor import Predictor  # lazy on purpose: torch
 
-    predictor = Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")
-    if adapter is not None:  # scoring only: the merged weights are ~20% faster than the adapter's extra matmuls
-        predictor.model = predictor.model.merge_and_unload()
-    return predictor
+    return Predictor(EMBEDDED_MODEL, adapter, constrain=False, device="cpu")  # the adapter merged, as served
 
 
 def command_line(results: dict[str, Any]) -> str:
