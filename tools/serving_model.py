@@ -27,14 +27,22 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from icd10_coder import serving
-from icd10_coder.experiment import retriever_variants, shortlist, write_pairs, write_training_data
+from icd10_coder.experiment import (
+    Settings,
+    adapter_dir,
+    retriever_variants,
+    shortlist,
+    train_overrides,
+    write_pairs,
+    write_training_data,
+)
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, make_private
 from icd10_coder.realdata import REAL_FILES, load_real_rows, subsample
@@ -114,13 +122,11 @@ def main(experiment_dir: str, workspace: str, lora_rows: int | None, row_limit: 
     # 3. The LoRA, when the best approach is finetuned.
     adapter = None
     if model == "finetuned":
-        recipe = yaml.safe_load((REPO_ROOT / settings["recipe"]).read_text())
-        overrides = [f"--num_epochs={settings['epochs']}", "--sequence_len=2048", "--micro_batch_size=1",
-                     "--gradient_accumulation_steps=2", *([f"--max_steps={max_steps}"] if max_steps else [])]
+        protocol = replace(Settings.from_record(settings), max_steps=max_steps)
         run(f"LoRA on {len(lists)} real rows ({inserted} with the gold code put on the list)",
-            [sys.executable, "tools/train.py", settings["recipe"], "--workspace", str(space.root), *overrides],
-            timings, space)
-        adapter = space.map(recipe["output_dir"])
+            [sys.executable, "tools/train.py", protocol.recipe, "--workspace", str(space.root),
+             *train_overrides(protocol)], timings, space)
+        adapter = adapter_dir(space, protocol)
     # 4. The scoring record, fitted out of fold.
     record = served_record(space, calibrated, best, adapter, len(rows), len(lists), calibration_file,
                            command=" ".join(["python tools/serving_model.py", *sys.argv[1:]]))

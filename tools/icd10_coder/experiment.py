@@ -92,6 +92,12 @@ class Settings:
     encoder_recipe: str = "recipes/encoder-cpu.yml"
     retrieval_only: bool = False  # the encoder and both retrieval approaches only: no SLM trained or scored
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Settings:
+        """The settings a run wrote into ``choices.json`` (keys this version does not know are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in record.items() if key in known})
+
 
 @dataclass
 class Shortlisted:
@@ -531,10 +537,10 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
             f"code put on the list), {len(dev[fold.index])} dev rows")
         started = time.perf_counter()
         run_tool(f"fold {fold.index}: LoRA on {len(training)} shortlist prompts",
-                 ["tools/train.py", settings.recipe, "--workspace", str(fold_space.root), *_train_overrides(settings)],
+                 ["tools/train.py", settings.recipe, "--workspace", str(fold_space.root), *train_overrides(settings)],
                  fold_space)
         journal.write("trained", fold=fold.index, seconds=round(time.perf_counter() - started, 1))
-        adapters[fold.index] = _adapter(fold_space, settings)
+        adapters[fold.index] = adapter_dir(fold_space, settings)
         choices[fold.index].update(prompt=prompt, lora={"rows": len(training), "gold_inserted": inserted,
                                                         "split": "train"})
     if not settings.retrieval_only:
@@ -609,9 +615,7 @@ def rescore_test(space: Workspace, rows: list[RealRow], load_predictor: Callable
     if not recorded.is_file():
         raise FileNotFoundError(f"{display_path(recorded)}: no finished run to rescore; run the experiment first")
     record = json.loads(recorded.read_text())
-    known = {f.name for f in fields(Settings)}
-    settings = Settings(**{key: tuple(v) if isinstance(v, list) else v for key, v in record["settings"].items()
-                           if key in known})
+    settings = Settings.from_record(record["settings"])
     if settings.retrieval_only:
         raise ValueError("a retrieval-only run has no SLM scores to redo; run the experiment again instead")
     journal = Journal(space.root / "journal.jsonl")
@@ -625,20 +629,21 @@ def rescore_test(space: Workspace, rows: list[RealRow], load_predictor: Callable
         retrievers[fold.index] = {
             name: Retriever.fit(RetrievalSettings.from_record(picked["retriever_variants"]["dev"][name]["settings"]))
             for name in wanted}
-        adapters[fold.index] = _adapter(fold_workspace(space, fold.index), settings)
+        adapters[fold.index] = adapter_dir(fold_workspace(space, fold.index), settings)
         if not (adapters[fold.index] / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{display_path(adapters[fold.index])}: fold {fold.index}'s adapter is missing")
     return run_test_stage(space, folds, settings, choices, retrievers, adapters, load_predictor, journal)
 
 
-def _train_overrides(settings: Settings) -> list[str]:
+def train_overrides(settings: Settings) -> list[str]:
     """The recipe's own CPU settings for real dialogues, stated here too (the experiment's protocol)."""
     overrides = [f"--num_epochs={settings.epochs}", "--sequence_len=2048", "--micro_batch_size=1",
                  "--gradient_accumulation_steps=2"]
     return overrides + ([f"--max_steps={settings.max_steps}"] if settings.max_steps else [])
 
 
-def _adapter(fold_space: Workspace, settings: Settings) -> Path:
+def adapter_dir(fold_space: Workspace, settings: Settings) -> Path:
+    """Where ``settings.recipe`` writes its adapter inside ``fold_space``."""
     import yaml
 
     recipe = yaml.safe_load((REPO_ROOT / settings.recipe).read_text())
