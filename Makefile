@@ -135,7 +135,7 @@ bench: setup ## CPU benchmarks (retrieval, cost per approach, app calibration) -
 	$(HUB_OFFLINE) $(PY) tools/bench.py
 
 EXPERIMENT_ARGS ?=
-experiment-real: setup ## Real-data experiment: 1,565 real rows, 3 category folds, encoder + LoRA per fold (~2.5 h on 2 CPU cores; EXPERIMENT_ARGS=--retrieval-only ~35 min, --quick ~20 min)
+experiment-real: setup ## Real-data experiment: 1,565 real rows, 3 category folds, encoder + LoRA per fold (~2.5 h on 2 CPU cores; EXPERIMENT_ARGS=--retrieval-only ~35 min, --quick ~20 min, --rechoose-dev ~45 min after a run)
 	$(HUB_OFFLINE) $(PY) tools/experiment_real.py $(EXPERIMENT_ARGS)
 
 calibrate: setup ## Calibrate the served confidence on the experiment's out-of-fold rows -> GUIDE (~1 min)

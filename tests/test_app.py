@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -146,41 +145,23 @@ def test_bad_uploads_get_clear_messages():
 # ---------------------------------------------------------------- the page in a browser
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """tools/app.py on a free loopback port, in a throw-away workspace; yields (url, workspace)."""
+    from icd10_coder.local_server import free_port, local_server
+
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.fail("chromium and chromium-driver are needed (Debian packages; .ci/run installs them)")
     workspace = Path(tempfile.mkdtemp(prefix="test-app-", dir=REPO / "outputs"))
     port = free_port()
-    log = (workspace / "server.log").open("w")
     # ICD10_TEST_APP_SERVING=outputs/demo/serving.json drives the page with make demo's served approach instead
     # (how the README's screenshot is taken); by default the test serves its own record.
     served = os.environ.get("ICD10_TEST_APP_SERVING") or str(write_serving_record(workspace))
-    server = subprocess.Popen([sys.executable, "tools/app.py", "--serving", served,
-                               "--port", str(port), "--workspace", str(workspace), "--top-k", "3"], cwd=REPO,
-                              env=subprocess_env(hub_offline=True), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None, (workspace / "server.log").read_text()[-3000:]
-            time.sleep(1)
-    else:
-        pytest.fail("the app did not start: " + (workspace / "server.log").read_text()[-3000:])
-    yield url, workspace, server, json.loads(Path(served).read_text())
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with local_server([sys.executable, "tools/app.py", "--serving", served, "--port", str(port), "--workspace",
+                       str(workspace), "--top-k", "3"], url, workspace / "server.log",
+                      subprocess_env(hub_offline=True)) as server:
+        yield url, workspace, server, json.loads(Path(served).read_text())
     shutil.rmtree(workspace, ignore_errors=True)
 
 
@@ -325,3 +306,17 @@ def test_workbench_in_a_real_browser(app_server, browser, tmp_path):
     listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
     port = url.rsplit(":", 1)[1].strip("/")
     assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening
+
+
+@pytest.mark.slow
+def test_the_bench_times_the_pages_suggest_button(tmp_path):
+    """make bench's page timing starts the app and sends real dialogues to the Suggest button's handler."""
+    from icd10_coder.benchmarks.app import page_seconds
+
+    workspace = Path(tempfile.mkdtemp(prefix="test-page-", dir=REPO / "outputs"))
+    try:
+        timed = page_seconds(real_dialogues(2), workspace, serving_file=write_serving_record(workspace))
+        assert timed["n"] == 2 and 0 < timed["s_per_suggestion_median"] <= timed["s_max"]
+        assert "Suggest" in timed["how"]
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)

@@ -163,6 +163,14 @@ def test_report_has_every_approach_on_real_unseen_codes_and_every_metric(demo_ru
     assert all("Dialogue excerpt" in row["messages"][1]["content"] for row in train)
     encoder = json.loads((workspace / "encoders" / "minilm-query" / "encoder_training.json").read_text())
     assert encoder["train_rows"] >= 40 and encoder["dev_recall_after"]["recall@10"] >= 0
+    # The report names the demo's test rows that the retriever's defaults were chosen on (the study's dev rows).
+    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON
+
+    tested = {json.loads(line)["id"] for line in (workspace / "prepared" / "test.jsonl").read_text().splitlines()}
+    among = sorted(tested & set(json.loads(DEFAULTS_CHOSEN_ON.read_text())["row_ids"]))
+    assert summary(workspace)["retriever_defaults"]["among_study_dev_rows"] == among
+    assert (f"{len(among)} of this test split's {len(tested)} rows are among them" in report if among
+            else f"none of this test split's {len(tested)} rows" in report)
 
 
 def test_calibration_is_measured_on_the_test_rows_and_reported(demo_run, workspace):

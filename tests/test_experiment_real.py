@@ -158,7 +158,14 @@ def test_a_slice_makes_every_choice_on_dev_before_any_test_row_is_taken(slice_ru
     every, slm = results["tables"]["every"], results["tables"]["slm"]
     assert every["n"] == sum(s["test"] for s in results["fold_sizes"]) and slm["n"] == 6
     assert set(slm["approaches"]) == set(experiment.APPROACHES)
-    assert "Accuracy target" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "Accuracy target" in text
+    # The report counts the test rows the default retriever's form was chosen on (the retrieval study's dev rows).
+    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON
+
+    study = set(json.loads(DEFAULTS_CHOSEN_ON.read_text())["row_ids"])
+    tested = [json.loads(line)["id"] for line in (report / "outcomes.jsonl").read_text().splitlines()]
+    assert f"{len(study & set(tested))} of these {len(tested)} test rows" in text
     # The LoRA's training lists all hold the gold code; the dev lists are the retriever's.
     for fold in range(3):
         prepared = workspace / f"fold-{fold}" / "prepared-shortlist"
@@ -229,3 +236,42 @@ def test_rescoring_calibrating_and_the_serving_model_reuse_what_the_experiment_c
             load_suggester(None, None, device="cpu", workspace=serving_space, serving_file=serving_space.serving_file)
     finally:
         shutil.rmtree(serving_space.root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_choices_made_again_on_every_dev_row_rank_the_recorded_test_scores_as_scoring_them_again_would(slice_run):
+    """--rechoose-dev scores every dev row (both prompts zero-shot, the fold's LoRA), keeps the run's own choices
+    as 'earlier', takes no test row, and ranks the recorded test scores: the same outcomes as scoring the test
+    rows again with the models under the new choices."""
+    report = slice_run / "report"
+    before = [json.loads(line) for line in (report / "outcomes.jsonl").read_text().splitlines()]
+    first_choices = json.loads((report / "choices.json").read_text())
+    journal = experiment.Journal(slice_run / "journal.jsonl")
+    events_before = len(journal.events())
+    tool("tools/experiment_real.py", "--workspace", str(slice_run), "--rechoose-dev", "--no-docs")
+    choices = json.loads((report / "choices.json").read_text())
+    assert choices["earlier"]["folds"] == {fold: {key: picked[key] for key in ("prompt", *experiment.MODELS)}
+                                           for fold, picked in first_choices["folds"].items()}
+    assert choices["earlier"]["best_model_approach"] == first_choices["best_model_approach"]
+    for fold, picked in choices["folds"].items():
+        dev_rows = picked["retriever_variants"]["rows"]
+        assert picked["prompt"]["rows"] == dev_rows and picked["prompt"]["split"] == "dev"
+        assert picked["prompt"]["value"] == first_choices["folds"][fold]["prompt"]["value"]  # what the LoRA learned
+        for model in experiment.MODELS:
+            assert picked[model]["normalisation"]["rows"] == picked[model]["fusion_weight"]["rows"] == dev_rows
+    dev_scores = [json.loads(line) for line in (report / "dev_scores.jsonl").read_text().splitlines()]
+    assert len(dev_scores) == sum(p["retriever_variants"]["rows"] for p in choices["folds"].values())
+    assert all(len(s["whole_baseline"]) == len(s["loglikelihoods"]["finetuned"]) == len(s["candidates"])
+               for s in dev_scores)
+    assert not any("dialogue" in s for s in dev_scores)
+    new_events = journal.events()[events_before:]
+    assert not any(str(e.get("split", "")).startswith("test") for e in new_events)  # no test row taken
+    after = [json.loads(line) for line in (report / "outcomes.jsonl").read_text().splitlines()]
+    for old, new in zip(before, after, strict=True):
+        for approach in experiment.RETRIEVAL_APPROACHES:
+            assert new["approaches"][approach] == old["approaches"][approach]
+    results = json.loads((report / "results.json").read_text())
+    assert results["rechosen"]["minutes"] >= 0 and "--rechoose-dev" in (report / "report.md").read_text()
+    reranked = (report / "outcomes.jsonl").read_text()
+    tool("tools/experiment_real.py", "--workspace", str(slice_run), "--rescore-test", "--no-docs")
+    assert (report / "outcomes.jsonl").read_text() == reranked

@@ -229,6 +229,28 @@ def test_the_default_retriever_is_the_variant_the_study_chose_on_dev():
     assert VARIANTS[chosen] == replace(RetrievalSettings(), neighbours=0)
 
 
+def test_the_record_of_the_rows_the_defaults_were_chosen_on_is_the_studys_dev_rows(tmp_path):
+    """The study's table and its dev-row record describe the same rows; a test split is told which of its rows the
+    defaults were chosen on."""
+    import json
+
+    from icd10_coder.realdata import REAL_FILES, category_folds, load_real_rows
+    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON, defaults_chosen_on
+
+    record = json.loads(DEFAULTS_CHOSEN_ON.read_text())
+    table = (REPO / "docs" / "generated" / "retrieval-study.md").read_text()
+    assert f"of the {record['rows']} real rows" in table
+    files = [p for p in REAL_FILES if p.name in record["files"]]
+    if all(p.is_file() for p in files):
+        folds = category_folds(load_real_rows(tuple(files)), folds=record["folds"], seed=record["seed"])
+        assert record["row_ids"] == sorted({r.row_id for f in folds for r in f.dev})
+    (tmp_path / "study.json").write_text(json.dumps({**record, "row_ids": ["a-1", "a-2", "a-3"]}))
+    found = defaults_chosen_on(["a-2", "b-1", "a-1", "a-2"], tmp_path / "study.json")
+    assert found == {"test_rows": 3, "among_study_dev_rows": ["a-1", "a-2"], "study_dev_rows": 3,
+                     "study_files": record["files"]}
+    assert defaults_chosen_on(["a-1"], tmp_path / "absent.json") is None
+
+
 def test_settings_travel_as_records_and_incomplete_records_are_refused(tmp_path):
     from icd10_coder.predictor import Shortlister
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import stat
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import report
 import run_eval
 import train
 from icd10_coder import stats
+from icd10_coder.local_server import free_port
 from icd10_coder.paths import REPO_ROOT, display_path
 from icd10_coder.workspace import DEMO_WORKSPACE, WORKSPACE_ENV, Workspace
 
@@ -104,12 +104,6 @@ def test_run_eval_points_data_adapter_and_results_into_the_workspace(tmp_path):
     (space.prepared / "test_unseen.jsonl").write_text("")
     config = run_eval.load_config(RECIPES / "eval" / "baseline-slm.yml", (), None, None, False, None, space)
     assert config["tasks"] == ["icd10_medsynth", "icd10_medsynth_unseen"]  # unseen codes get scored too
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_an_llm_endpoint_without_server_is_reported_missing_with_the_reason(tmp_path):

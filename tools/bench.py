@@ -14,7 +14,10 @@
 8. prompt_cost: whole dialogue vs evidence window (the SLM's prompt before and after): tokens per
    prompt, seconds per row of a LoRA step and of scoring ten candidates, medians of repeats;
 9. app: the workbench's confidence calibration (ECE, accuracy per band) on the demo test split and
-   real dialogues, how often the gold code gets an evidence sentence, code-search latency.
+   real dialogues (not for the serving model: it trained on them; make calibrate measures it out of fold),
+   seconds per suggestion by the predictor and **on the page** (tools/app.py on 127.0.0.1, each dialogue
+   sent to the Suggest button's handler as the browser sends it), how often the gold code gets an evidence
+   sentence, code-search latency.
 
 A script, not a test: figures depend on the machine, and every figure says which machine. The stages
 live in ``icd10_coder.benchmarks``; this file is the command line.
@@ -44,6 +47,7 @@ from icd10_coder.benchmarks import (
     bench_training,
     hardware,
     markdown,
+    page_summary,
     prompt_cost_markdown,
     retrieval_markdown,
 )
@@ -59,10 +63,13 @@ from icd10_coder.offline import apply_offline_env
 @click.option("--app-dialogues", type=int, default=20, show_default=True,
               help="Shared real dialogues outside the demo data for the app stage's calibration (the demo's own test "
                    "dialogues are used too).")
+@click.option("--page-dialogues", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Of the real app dialogues, those timed on the page (the app started on 127.0.0.1).")
 @click.option("--prompt-dialogues", type=int, default=8, show_default=True,
               help="Embedded real dialogues in the prompt_cost stage (whole dialogue vs evidence window).")
 @click.option("--app-adapter", default=None, metavar="DIR|none",
-              help="Adapter whose served scoring the app stage measures. Default: what make demo serves.")
+              help="Adapter whose served scoring the app stage measures. Default: what make app serves (the "
+                   "serving model, else make demo's).")
 @click.option("--app-base-model", default=None, help="Its base model. Default: the served record's.")
 @click.option("--only", multiple=True, type=click.Choice(STAGES), help="Run only these stages (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/bench"),
@@ -71,7 +78,8 @@ from icd10_coder.offline import apply_offline_env
               help="Also write the retrieval, prompt_cost and app stages to docs/generated/bench-<stage>.md "
                    "(GUIDE section 9).")
 def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, prompt_dialogues: int, app_dialogues: int,
-         app_adapter: str | None, app_base_model: str | None, only: tuple[str, ...], out: Path, docs: bool) -> None:
+         page_dialogues: int, app_adapter: str | None, app_base_model: str | None, only: tuple[str, ...], out: Path,
+         docs: bool) -> None:
     """Measure prepare, token efficiency, training, evaluation and predict; write bench.json."""
     apply_offline_env(hub_offline=True)
     stages = only or STAGES
@@ -87,7 +95,7 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, prom
                    "retrieval": lambda: bench_retrieval(rows),
                    "approach_cost": lambda: bench_approach_cost(work, cost_dialogues),
                    "prompt_cost": lambda: bench_prompt_cost(prompt_dialogues),
-                   "app": lambda: bench_app(work, app_dialogues, app_adapter, app_base_model)}
+                   "app": lambda: bench_app(work, app_dialogues, app_adapter, app_base_model, page_dialogues)}
         for stage in STAGES:
             if stage not in stages:
                 continue
@@ -109,6 +117,9 @@ def main(rows: int, train_steps: int, eval_limit: int, cost_dialogues: int, prom
                 text = (f"`python tools/bench.py --only {stage} --docs`, {bench['generated_at'][:10]}; "
                         f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB.\n")
                 write_generated(f"bench-{stage}", text + "\n".join(render(bench[stage])) + "\n")
+        if "app" in stages and bench["app"].get("page"):
+            stamp = f"`python tools/bench.py --only app --docs`, {bench['generated_at'][:10]}, {machine['cores']} cores"
+            write_generated("bench-app-summary", page_summary(bench["app"], stamp))
 
 
 if __name__ == "__main__":

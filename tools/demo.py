@@ -24,17 +24,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from icd10_coder import serving
+from icd10_coder.local_server import ServerError, free_port, local_server
 from icd10_coder.offline import workspace_env
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path
 from icd10_coder.stages import run
@@ -59,44 +57,18 @@ TOOLS = REPO_ROOT / "tools"
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def local_openai_server(model: Path, workspace: Workspace, timeout_s: float = 180):
     """``transformers serve`` on 127.0.0.1; yields the chat-completions URL, stops the server after."""
     port = free_port()
-    log = workspace.outputs / "llm-server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
-        server = subprocess.Popen(
-            [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--dtype", "float32", display_path(model)],  # pinned: requests must name it the same way
-            stdout=handle, stderr=subprocess.STDOUT, env=workspace_env(workspace, hub_offline=True), cwd=REPO_ROOT)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if server.poll() is not None:
-                    raise click.ClickException(f"the local model server exited early; see {log}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise click.ClickException(f"the local model server did not answer in {timeout_s:.0f} s; see {log}")
-                time.sleep(1)
+    command = [str(BIN / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--dtype", "float32", display_path(model)]  # pinned: requests must name it the same way
+    try:
+        with local_server(command, f"http://127.0.0.1:{port}/health", workspace.outputs / "llm-server.log",
+                          workspace_env(workspace, hub_offline=True), timeout_s):
             yield f"http://127.0.0.1:{port}/v1/chat/completions"
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    except ServerError as err:
+        raise click.ClickException(f"the local model server: {err}") from err
 
 
 def choose_served(space: Workspace) -> dict:

@@ -4,6 +4,7 @@
     python tools/experiment_real.py --retrieval-only   # the encoder and both retrieval approaches, ~35 min
     python tools/experiment_real.py --quick    # the same protocol on fewer rows, ~20 min, no docs written
     python tools/experiment_real.py --rescore-test   # only the test stage again, same fold models and choices
+    python tools/experiment_real.py --rechoose-dev   # the SLMs' choices again on every dev row, ~50 min
     python tools/experiment_real.py --lora-rows 2 --dev-rows 3 --prompt-choice-rows 2 --slm-test-rows 2 \\
         --test-rows 3 --max-steps 1 --encoder-epochs 0.05 --no-docs    # the tests' slice
 
@@ -35,9 +36,11 @@ import click
 from icd10_coder import experiment
 from icd10_coder.experiment import Settings, markdown, readme_summary, run_experiment, verdict
 from icd10_coder.generated import write_generated
+from icd10_coder.jsonl import read_jsonl
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, display_path
 from icd10_coder.realdata import REAL_FILES, load_real_rows, subsample
+from icd10_coder.retrieval import defaults_chosen_on
 from icd10_coder.stages import run
 from icd10_coder.workspace import Workspace
 
@@ -87,6 +90,11 @@ DEFAULTS = Settings()
               help="Redo only the test stage of the finished run in --workspace with its trained fold models and "
                    "recorded choices (nothing chosen anew), e.g. to write scores.jsonl for a run made before it "
                    "existed; then the report.")
+@click.option("--rechoose-dev", is_flag=True,
+              help="Make the SLMs' choices of the finished run in --workspace again on every dev row (the prompt "
+                   "comparison, normalisation, fusion weight, best approach) with its trained fold models, then rank "
+                   "the recorded test scores with them (no model runs on test rows); the run's own choices stay in "
+                   "choices.json as 'earlier'. ~50 min on 2 CPU cores for ~450 dev rows.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
               help="Write the tables into docs/generated/experiment-real.md (GUIDE.md) and "
                    "experiment-real-summary.md (README.md).")
@@ -94,7 +102,7 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
          prompt_choice_rows: int,
          slm_test_rows: int, test_rows: int | None, shortlist_k: int, window_tokens: int, epochs: int,
          encoder_epochs: float, max_steps: int | None, retrieval_only: bool, quick: bool, from_results: bool,
-         rescore_test: bool, docs: bool) -> None:
+         rescore_test: bool, rechoose_dev: bool, docs: bool) -> None:
     """Retrieval (zero-shot and fine-tuned encoder) vs the embedded SLM (zero-shot and LoRA, choice by likelihood,
     fusion) on real category folds."""
     apply_offline_env(hub_offline=True)
@@ -116,20 +124,27 @@ def main(workspace: str, folds: int, seed: int, lora_rows: int, dev_rows: int | 
         rows = load_real_rows()
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    if rescore_test:
-        previous = json.loads((space.report_dir / "results.json").read_text())
+    if rescore_test or rechoose_dev:
+        if rescore_test and rechoose_dev:
+            raise click.ClickException("--rescore-test and --rechoose-dev are two runs: give one")
+        recorded = space.report_dir / "results.json"
+        if not recorded.is_file():
+            raise click.ClickException(f"{display_path(recorded)}: no finished run to redo; run the experiment first")
+        previous = json.loads(recorded.read_text())
         if previous["test_rows"]:  # the run was a slice: the same rows again
             rows = subsample(rows, previous["test_rows"] * previous["settings"]["folds"] * 3,
                              seed=f"{previous['settings']['seed']}-slice")
         os.umask(0o077)
         started = time.perf_counter()
+        redo = experiment.rescore_test if rescore_test else experiment.rechoose_on_every_dev_row
         try:
-            results = experiment.rescore_test(space, rows, load_predictor)
+            results = redo(space, rows, load_predictor)
         except (FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err)) from err
-        results.update({key: previous[key] for key in ("minutes", "stage_seconds", "date", "quick", "test_rows")},
-                       rescored={"date": date.today().isoformat(),
-                                 "minutes": round((time.perf_counter() - started) / 60, 1)})
+        kept = ("minutes", "stage_seconds", "date", "quick", "test_rows", "rescored", "rechosen")
+        results.update({key: previous[key] for key in kept if key in previous})
+        results["rescored" if rescore_test else "rechosen"] = {
+            "date": date.today().isoformat(), "minutes": round((time.perf_counter() - started) / 60, 1)}
         write_report(space, results, docs and not results["quick"] and not results["test_rows"])
         return
     settings = Settings(folds=folds, seed=seed, lora_rows=lora_rows, dev_rows=dev_rows, slm_dev_rows=slm_dev_rows,
@@ -197,9 +212,11 @@ def header_text(results: dict[str, Any]) -> str:
                 "test row ranked by both retrieval approaches, once; **no SLM trained or scored in this run** "
                 "(`--retrieval-only`)")
     else:
+        slm_dev = ("every dev row" if results.get("rechosen") or not settings.get("slm_dev_rows")
+                   else f"{settings['slm_dev_rows']} dev rows")
         what = (f"the encoder fine-tuned on every training row, the LoRA on {settings['lora_rows']} of them per fold "
                 f"(gold code on every training list); every choice made on dev (`choices.json`; the SLMs' on "
-                f"{settings.get('slm_dev_rows') or 'every'} dev rows per fold); every test row "
+                f"{slm_dev} per fold); every test row "
                 f"ranked by both retrieval approaches, {settings['slm_test_rows']} per fold scored by the SLM "
                 "approaches, once")
     return (f"{rows} real MedSynth dialogues ({', '.join(p.name for p in REAL_FILES)}), {settings['folds']} "
@@ -208,11 +225,22 @@ def header_text(results: dict[str, Any]) -> str:
             f"{results.get('minutes', float('nan')):.0f} min on 2 CPU cores" + (
                 f"; test stage redone with the same fold models and choices (`--rescore-test`), "
                 f"{results['rescored']['date']}, {results['rescored']['minutes']:.0f} min" if results.get("rescored")
-                else "") + ".")
+                else "") + (
+                f"; the SLMs' choices made again on every dev row with the same fold models and the test rows' "
+                f"recorded scores ranked with them (`--rechoose-dev`), {results['rechosen']['date']}, "
+                f"{results['rechosen']['minutes']:.0f} min" if results.get("rechosen") else "") + ".")
 
 
 def write_report(space: Workspace, results: dict[str, Any], docs: bool) -> None:
     """``results.json`` and ``report.md`` in the run's report folder and, with ``docs``, the generated tables."""
+    outcomes = space.report_dir / "outcomes.jsonl"
+    if outcomes.is_file():  # which test rows the default retriever's form was chosen on (the retrieval study)
+        tested = read_jsonl(outcomes)
+        found = defaults_chosen_on(o["id"] for o in tested)
+        if found:
+            among = set(found["among_study_dev_rows"])
+            found["among_slm_rows"] = sum(o["slm"] and o["id"] in among for o in tested)
+        results["retriever_defaults"] = found
     header = header_text(results)
     text = f"{header}\n\n{verdict(results)}\n\n{markdown(results)}"
     (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

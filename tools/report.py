@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from icd10_coder import calibration
+from icd10_coder.jsonl import read_jsonl
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import display_path
 from icd10_coder.reporting import (
@@ -41,6 +42,7 @@ from icd10_coder.reporting import (
     split_title,
     without_nan,
 )
+from icd10_coder.retrieval import defaults_chosen_on
 from icd10_coder.stats import holm
 from icd10_coder.workspace import Workspace
 
@@ -102,6 +104,9 @@ def main(workspace: str | None, eval_dir: Path | None, out: Path | None, data_ca
         "test_title": split_title(json.loads(data_card.read_text()) if data_card.is_file() else {}),
         "calibration": measured_calibration(approaches + unseen),
     }
+    test_split = data_card.parent / "test.jsonl"
+    if test_split.is_file():
+        summary["retriever_defaults"] = defaults_chosen_on(row["id"] for row in read_jsonl(test_split) if "id" in row)
     served = space.serving_file
     if served.is_file():
         record = json.loads(served.read_text())

@@ -34,14 +34,21 @@ from icd10_coder.realdata import REAL_FILES, category_folds, load_real_rows
                    "0 skips it.")
 @click.option("--cost-rows", type=click.IntRange(min=0), default=5, show_default=True,
               help="Dev dialogues on which the choice step's cost is timed with 10 and with 20 candidates; 0 skips.")
+@click.option("--files", "file_names", multiple=True, type=click.Choice([p.name for p in REAL_FILES]),
+              help="Only these shared real files (repeat the option). Default: every one.")
+@click.option("--dev-rows-only", is_flag=True,
+              help="Score nothing: write only the list of the folds' dev rows (docs/generated/"
+                   "retrieval-study-dev-rows.json, which reports use to name test rows the defaults were chosen on), "
+                   "e.g. for a table made before the list existed.")
 @click.option("--docs/--no-docs", default=True, show_default=True,
-              help="Write the table to docs/generated/ and GUIDE.md (off for trials).")
-def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: int, docs: bool) -> None:
+              help="Write the table and the dev rows' list to docs/generated/ and GUIDE.md (off for trials).")
+def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: int, file_names: tuple[str, ...],
+         dev_rows_only: bool, docs: bool) -> None:
     """Score every retriever variant on the dev rows of the real category folds; name the best."""
     apply_offline_env(hub_offline=True)
     from icd10_coder.generated import write_generated
     from icd10_coder.realdata import subsample
-    from icd10_coder.retrieval import RetrievalSettings
+    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON, RetrievalSettings
     from icd10_coder.retrieval_study import (
         VARIANTS,
         best_variant,
@@ -51,10 +58,18 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
         rewrite_recall,
     )
 
-    rows = load_real_rows()
+    files = tuple(p for p in REAL_FILES if p.name in file_names) if file_names else REAL_FILES
+    rows = load_real_rows(files)
     split = category_folds(rows, folds=folds, seed=seed)
     n_dev = sum(len(f.dev) for f in split)
     click.echo(f"{len(rows)} real rows, {folds} category folds, {n_dev} dev rows (pooled over folds)")
+    dev_rows = {"files": [p.name for p in files], "rows": len(rows), "folds": folds, "seed": seed,
+                "date": date.today().isoformat(), "row_ids": sorted({r.row_id for f in split for r in f.dev})}
+    if dev_rows_only or docs:
+        DEFAULTS_CHOSEN_ON.write_text(json.dumps(dev_rows, indent=1) + "\n")
+        click.echo(f"wrote {display_path(DEFAULTS_CHOSEN_ON)} ({len(dev_rows['row_ids'])} dev rows)")
+    if dev_rows_only:
+        return
 
     def show(name: str, result: dict) -> None:
         code = result["pooled"]["code"]
@@ -74,7 +89,7 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
     cost = choice_cost(subsample(unique_dev, cost_rows, seed=f"{seed}-cost"), VARIANTS[chosen], EMBEDDED_MODEL) \
         if cost_rows else None
     private_folder(workspace)
-    record = {"rows": len(rows), "files": [display_path(p) for p in REAL_FILES], "folds": folds, "seed": seed,
+    record = {"rows": len(rows), "files": [display_path(p) for p in files], "folds": folds, "seed": seed,
               "dev_rows": n_dev, "chosen": chosen, "chosen_settings": results[chosen]["settings"],
               "default_now": current, "variants": results, "query_rewriting": rewrite, "choice_cost": cost,
               "date": date.today().isoformat()}

@@ -16,8 +16,12 @@ siblings are trained on: there is one test condition, unseen categories):
 2. **test stage** — only now are the fold's test rows taken: both retrieval approaches rank every test
    row; the SLM approaches score ``slm_test_rows`` of them, once, with the choices above.
 
+The SLM-scored dev rows are a subsample because of the CPU budget; ``rechoose_on_every_dev_row`` makes the
+SLMs' choices of a finished run again on every dev row with the same fold models (no test row taken, the
+test rows' recorded scores ranked anew).
+
 The journal (``journal.jsonl``) records each time a split's rows are taken out of a fold and how long
-each stage took; a test checks that no test row is taken before the last choice is written.
+each stage took; a test checks that no test row is taken before the choices are written.
 """
 
 from __future__ import annotations
@@ -312,6 +316,15 @@ def markdown(results: dict[str, Any], details: bool = True) -> str:
     for letter, row in results["chapters"].items():
         lines.append(f"| {letter} | {row['n']} | " + " | ".join(
             f"{row[a]['exact']:.2f} / {row[a]['category']:.2f}" for a in RETRIEVAL_APPROACHES) + " |")
+    if found := results.get("retriever_defaults"):
+        slm_rows = results["tables"]["slm"]["n"] if "slm" in results["tables"] else 0
+        lines += ["", f"The default retriever's form (`RetrievalSettings()`, which every fold's variants start from) "
+                      f"was chosen by `make retrieval-study` on {found['study_dev_rows']} dev rows of "
+                      f"{', '.join(found['study_files'])}: {len(found['among_study_dev_rows'])} of these "
+                      f"{found['test_rows']} test rows" + (f" ({found['among_slm_rows']} of the {slm_rows} SLM rows)"
+                                                           if slm_rows else "")
+                  + " were among them, so Retrieval (no model) and the variants built on it had them in view "
+                    "(the folds' own choices did not)."]
     lines += ["", choices_markdown(results["choices"])]
     return "\n".join(lines) + "\n"
 
@@ -333,18 +346,37 @@ def choices_markdown(record: dict[str, Any]) -> str:
                 f"Retrieval (fine-tuned encoder): *{picked['retrieval_encoder']['value']}*; SLM shortlist: "
                 f"*{picked['shortlist']['value']}*.")
         if "prompt" in picked:
-            prompt = picked["prompt"]
-            line += (f" Prompt: *{prompt['value']}* (zero-shot choice exact on {prompt['rows']} dev rows: window "
-                     f"{prompt['dev_exact']['window']:.3f}, whole {prompt['dev_exact']['whole']:.3f}). LoRA: "
-                     f"{picked['lora']['rows']} rows, {picked['lora']['gold_inserted']} with the gold code put on the "
-                     "list. " + "; ".join(f"{model}: {picked[model]['normalisation']['value']}, fusion weight "
-                                          f"{picked[model]['fusion_weight']['value']}" for model in MODELS) + ".")
+            line += (f" Prompt: {_prompt_text(picked['prompt'])}. LoRA: {picked['lora']['rows']} rows, "
+                     f"{picked['lora']['gold_inserted']} with the gold code put on the list. "
+                     f"{_model_choices_text(picked)}.")
+            earlier = (record.get("earlier") or {}).get("folds", {}).get(fold)
+            if earlier:
+                line += (f" Earlier, on {earlier['baseline']['normalisation']['rows']} dev rows: prompt "
+                         f"{_prompt_text(earlier['prompt'])}; {_model_choices_text(earlier)}.")
         lines.append(line)
     best = record["best_model_approach"]
     if best:
-        lines.append(f"- best model approach on the pooled dev rows: *{LABELS[best['value']]}* ("
-                     + ", ".join(f"{LABELS[a]} {v:.3f}" for a, v in best["dev_exact"].items()) + ").")
+        lines.append(f"- best model approach on the pooled dev rows: {_best_text(best)}.")
+    if (record.get("earlier") or {}).get("best_model_approach"):
+        lines.append(f"- earlier, on {record['earlier']['slm_dev_rows']} dev rows per fold: "
+                     f"{_best_text(record['earlier']['best_model_approach'])}.")
     return "\n".join(lines)
+
+
+def _prompt_text(prompt: dict[str, Any]) -> str:
+    kept = f", every dev row preferred *{prompt['dev_choice']}*: {prompt['kept']}" if prompt.get("dev_choice") else ""
+    return (f"*{prompt['value']}* (zero-shot choice exact on {prompt['rows']} dev rows: window "
+            f"{prompt['dev_exact']['window']:.3f}, whole {prompt['dev_exact']['whole']:.3f}{kept})")
+
+
+def _model_choices_text(picked: dict[str, Any]) -> str:
+    return "; ".join(f"{model}: {picked[model]['normalisation']['value']}, fusion weight "
+                     f"{picked[model]['fusion_weight']['value']}" for model in MODELS)
+
+
+def _best_text(best: dict[str, Any]) -> str:
+    figures = ", ".join(f"{LABELS[a]} {v:.3f}" for a, v in best["dev_exact"].items())
+    return f"*{LABELS[best['value']]}* ({figures})"
 
 
 def readme_summary(header: str, results: dict[str, Any]) -> str:
@@ -607,32 +639,125 @@ def run_test_stage(space: Workspace, folds: list[Fold], settings: Settings, choi
     return results
 
 
+def _finished_run(space: Workspace, rows: list[RealRow]) -> tuple[dict[str, Any], Settings, list[Fold],
+                                                                    dict[int, dict[str, Any]], dict[int, Path]]:
+    """A finished run's choices record, settings, folds, per-fold choices and trained adapters (every one
+    checked), for the stages that redo part of it with the same fold models."""
+    recorded = space.report_dir / "choices.json"
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{display_path(recorded)}: no finished run here; run the experiment first")
+    record = json.loads(recorded.read_text())
+    settings = Settings.from_record(record["settings"])
+    if settings.retrieval_only:
+        raise ValueError("a retrieval-only run has no SLM to score with; run the experiment again instead")
+    folds = category_folds(rows, folds=settings.folds, dev_share=settings.dev_share, seed=settings.seed)
+    choices = {int(fold): picked for fold, picked in record["folds"].items()}
+    adapters = {}
+    for fold in folds:
+        adapters[fold.index] = adapter_dir(fold_workspace(space, fold.index), settings)
+        if not (adapters[fold.index] / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{display_path(adapters[fold.index])}: fold {fold.index}'s adapter is missing")
+    return record, settings, folds, choices, adapters
+
+
+def _recorded_retriever(picked: dict[str, Any], name: str) -> Retriever:
+    """The retriever variant ``name`` exactly as a fold's dev stage recorded it."""
+    return Retriever.fit(RetrievalSettings.from_record(picked["retriever_variants"]["dev"][name]["settings"]))
+
+
 def rescore_test(space: Workspace, rows: list[RealRow], load_predictor: Callable[[Path | None], Any]) -> dict[str, Any]:
     """The test stage again with a finished run's trained fold models (encoders, adapters) and its recorded
     choices (``choices.json``), nothing chosen anew: for a run made before a scoring change, e.g. before
     ``scores.jsonl`` existed."""
-    recorded = space.report_dir / "choices.json"
-    if not recorded.is_file():
-        raise FileNotFoundError(f"{display_path(recorded)}: no finished run to rescore; run the experiment first")
-    record = json.loads(recorded.read_text())
-    settings = Settings.from_record(record["settings"])
-    if settings.retrieval_only:
-        raise ValueError("a retrieval-only run has no SLM scores to redo; run the experiment again instead")
+    record, settings, folds, choices, adapters = _finished_run(space, rows)
     journal = Journal(space.root / "journal.jsonl")
     journal.write("rescore test stage")
-    folds = category_folds(rows, folds=settings.folds, dev_share=settings.dev_share, seed=settings.seed)
-    choices = {int(fold): picked for fold, picked in record["folds"].items()}
-    retrievers, adapters = {}, {}
+    retrievers = {}
     for fold in folds:
         picked = choices[fold.index]
         wanted = {ZERO_SHOT, picked["retrieval_encoder"]["value"], picked["shortlist"]["value"]}
-        retrievers[fold.index] = {
-            name: Retriever.fit(RetrievalSettings.from_record(picked["retriever_variants"]["dev"][name]["settings"]))
-            for name in wanted}
-        adapters[fold.index] = adapter_dir(fold_workspace(space, fold.index), settings)
-        if not (adapters[fold.index] / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{display_path(adapters[fold.index])}: fold {fold.index}'s adapter is missing")
+        retrievers[fold.index] = {name: _recorded_retriever(picked, name) for name in wanted}
     return run_test_stage(space, folds, settings, choices, retrievers, adapters, load_predictor, journal)
+
+
+def rechoose_on_every_dev_row(space: Workspace, rows: list[RealRow],
+                              load_predictor: Callable[[Path | None], Any]) -> dict[str, Any]:
+    """The SLMs' choices of a finished run made again on every dev row of each fold, with the same fold models:
+    the prompt comparison (window vs whole, zero-shot), each model's normalisation and fusion weight, the best
+    model approach on the pooled dev rows. The run's own choices (made on ``slm_dev_rows``) are kept in
+    ``choices.json`` under ``earlier``. A fold's LoRA was trained on the prompt its dev rows chose first: if
+    every dev row prefers the other prompt, that is recorded and the trained prompt stays (retraining is a full
+    run). The test rows are not scored again: their recorded scores (``scores.jsonl``) are ranked with the new
+    choices. Writes ``dev_scores.jsonl`` (codes and numbers) so the choices can be checked without a model."""
+    record, settings, folds, choices, adapters = _finished_run(space, rows)
+    journal = Journal(space.root / "journal.jsonl")
+    journal.write("rechoose on every dev row")
+    k = settings.shortlist_k
+    dev: dict[int, list[Shortlisted]] = {}
+    whole: dict[int, list[Shortlisted]] = {}
+    for fold in folds:
+        picked = choices[fold.index]
+        retriever = _recorded_retriever(picked, picked["shortlist"]["value"])
+        dev[fold.index] = shortlist(retriever, take(fold, "dev", settings.dev_rows, settings.seed, journal), k,
+                                    settings.window_tokens)
+        whole[fold.index] = [replace(r, window="", loglikelihoods={}) for r in dev[fold.index]]
+    zero_shot = load_predictor(None)
+    for fold, fold_rows in dev.items():
+        score_with(zero_shot, "baseline", fold_rows, f"baseline SLM, fold {fold} dev, window", excerpt=True)
+        score_with(zero_shot, "baseline", whole[fold], f"baseline SLM, fold {fold} dev, whole", excerpt=False)
+    del zero_shot
+    earlier = {str(f): {key: choices[f][key] for key in ("prompt", *MODELS)} for f in dev}
+    for fold, fold_rows in dev.items():
+        trained = choices[fold]["prompt"]["value"]
+        prompt = choose_prompt({"window": fold_rows, "whole": whole[fold]})
+        if prompt["value"] != trained:
+            prompt.update(value=trained, dev_choice=prompt["value"],
+                          kept="the fold's LoRA was trained on this prompt; retraining on the other is a full run")
+        choices[fold]["prompt"] = prompt
+        if trained == "whole":
+            dev[fold] = whole[fold]
+        score_with(load_predictor(adapters[fold]), "finetuned", dev[fold], f"finetuned SLM, fold {fold} dev",
+                   excerpt=trained == "window")
+        for model in MODELS:
+            normalisation = choose_normalisation(dev[fold], model)
+            choices[fold][model] = {"normalisation": normalisation,
+                                    "fusion_weight": choose_fusion(dev[fold], model, normalisation["value"])}
+    record.setdefault("earlier", {"slm_dev_rows": settings.slm_dev_rows,  # the run's own (a second re-choice too)
+                                  "prompt_choice_rows": settings.prompt_choice_rows, "folds": earlier,
+                                  "best_model_approach": record["best_model_approach"]})
+    record["best_model_approach"] = best_model_approach(dev, choices)
+    record["folds"] = {str(f): c for f, c in choices.items()}
+    record["rechosen_on_every_dev_row"] = True
+    write_jsonl(space.report_dir / "dev_scores.jsonl",
+                ({**oof_record(r, fold), "whole_baseline": w.loglikelihoods["baseline"]}
+                 for fold in dev for r, w in zip(dev[fold], whole[fold], strict=True)))
+    (space.report_dir / "choices.json").write_text(json.dumps(record, indent=2) + "\n")
+    journal.write("choices written", rechosen=True)
+    return rerank_test(space, folds, settings, record)
+
+
+def rerank_test(space: Workspace, folds: list[Fold], settings: Settings, record: dict[str, Any]) -> dict[str, Any]:
+    """The test outcomes again from the recorded out-of-fold scores (``scores.jsonl``) under the choices in
+    ``record``: the model approaches re-ranked without running a model, the retrieval approaches as they were."""
+    choices = {int(fold): picked for fold, picked in record["folds"].items()}
+    scored = {(s["fold"], s["id"]): s for s in read_jsonl(space.report_dir / "scores.jsonl")}
+    outcomes = read_jsonl(space.report_dir / "outcomes.jsonl")
+    for o in outcomes:
+        if not o["slm"]:
+            continue
+        s = scored[(o["fold"], o["id"])]
+        row = Shortlisted(s["id"], "", s["gold"], tuple(s["candidates"]), tuple(s["candidate_scores"]),
+                          loglikelihoods=s["loglikelihoods"], token_counts=s["token_counts"])
+        for approach in MODEL_APPROACHES:
+            ranked = ranked_codes(row, approach, choices[o["fold"]])
+            o["approaches"][approach] = {"top": ranked[:3], **score_codes(o["gold"], ranked)}
+    best = record["best_model_approach"]
+    results = summarise(outcomes, best["value"] if best else None, settings)
+    results["choices"] = record
+    results["fold_sizes"] = [f.sizes() for f in folds]
+    write_jsonl(space.report_dir / "outcomes.jsonl", outcomes)
+    (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def train_overrides(settings: Settings) -> list[str]:

@@ -313,6 +313,17 @@ def split_title(card: dict[str, Any]) -> str:
     return f"Test split ({seen} of {codes} codes seen in training)"
 
 
+def retriever_defaults_note(chosen_on: dict[str, Any]) -> str:
+    """Which test rows the retriever's defaults were chosen on (``retrieval.defaults_chosen_on``)."""
+    among, n = chosen_on["among_study_dev_rows"], chosen_on["test_rows"]
+    study = (f"The retriever's defaults (`RetrievalSettings()`) were chosen by `make retrieval-study` on "
+             f"{chosen_on['study_dev_rows']} dev rows of {', '.join(chosen_on['study_files'])}")
+    if not among:
+        return f"{study}; none of this test split's {n} rows is among them."
+    return (f"{study}; **{len(among)} of this test split's {n} rows are among them** ({', '.join(among)}): on those "
+            "rows the shortlist and the Retrieval approach come from a retriever tuned partly on them.")
+
+
 def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[str]) -> str:
     sections = [(TASK, summary["approaches"], summary["paired_tests"])]
     if summary.get("unseen"):
@@ -326,6 +337,8 @@ def markdown(summary: dict[str, Any], approaches: list[Approach], plots: list[st
     titles = {**TASK_TITLES, TASK: summary.get("test_title") or TASK_TITLES[TASK]}
     for task, infos, _ in sections:
         lines += [f"## {titles[task]} (`{task}`)", ""] + approach_rows(infos) + [""]
+    if chosen_on := summary.get("retriever_defaults"):
+        lines += [retriever_defaults_note(chosen_on), ""]
     lines += ["Cells: mean [95% Wilson confidence interval] over test dialogues. parse_failure_rate: lower is "
               "better; every other metric: higher is better. top3_match counts the gold code among the first "
               "three codes of an answer: for a model that answers one code it equals exact_match.", ""]

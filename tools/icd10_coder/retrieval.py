@@ -67,6 +67,22 @@ VIEWS = ("description", "full")
 QUERY_PARTS = ("whole", "doctor", "cues")
 
 
+# The dev rows today's RetrievalSettings() defaults were chosen on (written by ``make retrieval-study``): a test
+# split that holds some of them is scored by a retriever tuned partly on its own rows, and its report says so.
+DEFAULTS_CHOSEN_ON = REPO_ROOT / "docs" / "generated" / "retrieval-study-dev-rows.json"
+
+
+def defaults_chosen_on(test_ids: Iterable[str], record: Path = DEFAULTS_CHOSEN_ON) -> dict[str, Any] | None:
+    """Which rows of a test split (real MedSynth row ids) the retriever's defaults were chosen on; None when the
+    study's record is absent."""
+    if not record.is_file():
+        return None
+    study = json.loads(record.read_text())
+    test_ids = list(dict.fromkeys(test_ids))
+    return {"test_rows": len(test_ids), "among_study_dev_rows": sorted(set(test_ids) & set(study["row_ids"])),
+            "study_dev_rows": len(study["row_ids"]), "study_files": study["files"]}
+
+
 @dataclass(frozen=True)
 class RetrievalSettings:
     """The knobs of the retriever; every field is part of the cache key."""

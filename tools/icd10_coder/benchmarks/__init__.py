@@ -20,7 +20,13 @@ from icd10_coder.benchmarks.data import (
     random_batches,
 )
 from icd10_coder.benchmarks.evaluation import bench_eval
-from icd10_coder.benchmarks.markdown import app_markdown, markdown, prompt_cost_markdown, retrieval_markdown
+from icd10_coder.benchmarks.markdown import (
+    app_markdown,
+    markdown,
+    page_summary,
+    prompt_cost_markdown,
+    retrieval_markdown,
+)
 from icd10_coder.benchmarks.prediction import bench_predict
 from icd10_coder.benchmarks.retrieval_cost import bench_retrieval
 from icd10_coder.benchmarks.training import bench_training
@@ -30,5 +36,5 @@ STAGES = ("prepare", "tokens", "training", "evaluation", "predict", "retrieval",
 
 __all__ = ["SEQUENCE_LENS", "STAGES", "TARGET_SHARE", "app_markdown", "bench_app", "bench_approach_cost", "bench_eval",
            "bench_predict", "bench_prepare", "bench_prompt_cost", "bench_retrieval", "bench_tokens", "bench_training",
-           "hardware", "length_grouped_batches", "markdown", "median", "packed", "prompt_cost_markdown",
+           "hardware", "length_grouped_batches", "markdown", "median", "packed", "page_summary", "prompt_cost_markdown",
            "random_batches", "retrieval_markdown", "synthetic_rows"]

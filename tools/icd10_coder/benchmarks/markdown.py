@@ -72,12 +72,28 @@ def prompt_cost_markdown(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+PAGE_TARGET_S = 1.5  # a suggestion on the page, 2 CPU cores
+
+
+def page_summary(a: dict[str, Any], stamp: str) -> str:
+    """The README's line on what a suggestion costs on the page (written with bench-app.md)."""
+    page = a["page"]
+    alone = next((c["s_per_suggestion_median"] for c in a["calibration"].values()
+                  if isinstance(c, dict) and c.get("s_per_suggestion_median") is not None), None)
+    met = "reached" if page["s_per_suggestion_median"] <= PAGE_TARGET_S else "not reached"
+    return (f"A suggestion takes **{page['s_per_suggestion_median']} s on the page** (median of {page['n']} real "
+            f"dialogues; the predictor alone {alone} s; target ≤ {PAGE_TARGET_S} s: {met}; {stamp}).\n")
+
+
 def app_markdown(a: dict[str, Any]) -> list[str]:
     """The app stage as markdown lines (also docs/generated/bench-app.md with --docs): per split, the served
     approach's calibration, band accuracy, reliability bins and seconds per suggestion; evidence; search."""
     lines = []
     for name, cal in a["calibration"].items():
-        if isinstance(cal, dict):
+        if isinstance(cal, dict) and "ece" not in cal:  # timed only (the served model trained on these rows)
+            lines.append(f"- {name} ({cal['n']} dialogues, served: {cal.get('served')}): "
+                         f"{cal.get('s_per_suggestion_median')} s per suggestion (median, the predictor alone)")
+        elif isinstance(cal, dict):
             bands = ", ".join(f"{b} {v['accuracy'] if v['accuracy'] is not None else '–'} (n={v['n']})"
                               for b, v in cal["bands"].items())
             lines.append(f"- calibration on {name} ({cal['n']} dialogues, served: {cal.get('served')}, adapter "
@@ -86,6 +102,12 @@ def app_markdown(a: dict[str, Any]) -> list[str]:
             lines.append("  reliability (confidence bin: mean confidence → share right): " + "; ".join(
                 f"[{b['range'][0]:.1f}, {b['range'][1]:.1f}) {b['mean_confidence']:.2f} → {b['accuracy']:.2f} "
                 f"(n={b['n']})" for b in cal["bins"]))
+    if a.get("calibration_skipped"):
+        lines.append(f"- calibration not measured here: {a['calibration_skipped']}")
+    if a.get("page"):
+        page = a["page"]
+        lines.append(f"- on the page: {page['s_per_suggestion_median']} s per suggestion (median of {page['n']} real "
+                     f"dialogues, slowest {page['s_max']} s; {page['how']})")
     for name, ev in a["evidence"].items():
         lines.append(f"- evidence: gold code has a highlighted sentence in {ev['gold_with_evidence']:.0%} of "
                      f"{ev['n']} {name} dialogues")
