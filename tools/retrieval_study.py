@@ -48,7 +48,7 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
     apply_offline_env(hub_offline=True)
     from icd10_coder.generated import write_generated
     from icd10_coder.realdata import subsample
-    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON, RetrievalSettings
+    from icd10_coder.retrieval import RetrievalSettings
     from icd10_coder.retrieval_study import (
         VARIANTS,
         best_variant,
@@ -65,10 +65,8 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
     click.echo(f"{len(rows)} real rows, {folds} category folds, {n_dev} dev rows (pooled over folds)")
     dev_rows = {"files": [p.name for p in files], "rows": len(rows), "folds": folds, "seed": seed,
                 "date": date.today().isoformat(), "row_ids": sorted({r.row_id for f in split for r in f.dev})}
-    if dev_rows_only or docs:
-        DEFAULTS_CHOSEN_ON.write_text(json.dumps(dev_rows, indent=1) + "\n")
-        click.echo(f"wrote {display_path(DEFAULTS_CHOSEN_ON)} ({len(dev_rows['row_ids'])} dev rows)")
     if dev_rows_only:
+        write_dev_rows(dev_rows)
         return
 
     def show(name: str, result: dict) -> None:
@@ -107,6 +105,15 @@ def main(folds: int, seed: int, workspace: Path, rewrite_rows: int, cost_rows: i
                 + _extras(rewrite, cost, chosen))
         path = write_generated("retrieval-study", text)
         click.echo(f"wrote {display_path(path)}")
+        write_dev_rows(dev_rows)  # with the table it belongs to, never before
+
+
+def write_dev_rows(dev_rows: dict) -> None:
+    """The ids of the dev rows the table (and so ``RetrievalSettings()``) was chosen on."""
+    from icd10_coder.retrieval import DEFAULTS_CHOSEN_ON
+
+    DEFAULTS_CHOSEN_ON.write_text(json.dumps(dev_rows, indent=1) + "\n")
+    click.echo(f"wrote {display_path(DEFAULTS_CHOSEN_ON)} ({len(dev_rows['row_ids'])} dev rows)")
 
 
 def _extras(rewrite: dict | None, cost: dict | None, chosen: str) -> str:
