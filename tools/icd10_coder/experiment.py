@@ -206,6 +206,16 @@ def choose_fusion(rows: list[Shortlisted], model: str, normalisation: str) -> di
     return {"value": weight, "split": "dev", "rows": len(rows), "dev_exact_by_weight": curve}
 
 
+def choose_scoring(rows: list[Shortlisted]) -> dict[str, Any]:
+    """Per model, the normalisation and then the fusion weight with the best exact match on these dev rows."""
+    picked = {}
+    for model in MODELS:
+        normalisation = choose_normalisation(rows, model)
+        picked[model] = {"normalisation": normalisation,
+                         "fusion_weight": choose_fusion(rows, model, normalisation["value"])}
+    return picked
+
+
 def choose_prompt(rows_by_prompt: dict[str, list[Shortlisted]]) -> dict[str, Any]:
     """Evidence window or whole dialogue: the zero-shot SLM's choice exact match on the same dev rows (ties:
     the window, the cheaper prompt)."""
@@ -578,10 +588,7 @@ def run_experiment(space: Workspace, rows: list[RealRow], settings: Settings, ru
     if not settings.retrieval_only:
         _score_all(dev, adapters, load_predictor, "dev", choices)
         for fold in folds:
-            for model in MODELS:
-                normalisation = choose_normalisation(dev[fold.index], model)
-                fusion = choose_fusion(dev[fold.index], model, normalisation["value"])
-                choices[fold.index][model] = {"normalisation": normalisation, "fusion_weight": fusion}
+            choices[fold.index].update(choose_scoring(dev[fold.index]))
     record = {"settings": asdict(settings), "folds": {str(f): c for f, c in choices.items()},
               "best_model_approach": None if settings.retrieval_only else best_model_approach(dev, choices)}
     space.report_dir.mkdir(parents=True, exist_ok=True)
@@ -629,12 +636,18 @@ def run_test_stage(space: Workspace, folds: list[Fold], settings: Settings, choi
             ranked = {a: rankings[fold.index][a][row.row_id] for a in RETRIEVAL_APPROACHES}
             outcomes.append(outcome(row, fold.index, ranked, by_id.get(row.row_id), choices[fold.index]))
     journal.write("test scored", rows=len(outcomes), slm_rows=sum(o["slm"] for o in outcomes))
+    write_jsonl(space.report_dir / "scores.jsonl", (oof_record(r, fold) for fold, rs in slm_rows.items() for r in rs))
+    return write_results(space, outcomes, record, settings, folds)
+
+
+def write_results(space: Workspace, outcomes: list[dict[str, Any]], record: dict[str, Any], settings: Settings,
+                  folds: list[Fold]) -> dict[str, Any]:
+    """``outcomes.jsonl`` and the summarised ``results.json`` (with the choices ``record``) of a test stage."""
     best = record["best_model_approach"]
     results = summarise(outcomes, best["value"] if best else None, settings)
     results["choices"] = record
     results["fold_sizes"] = [f.sizes() for f in folds]
     write_jsonl(space.report_dir / "outcomes.jsonl", outcomes)
-    write_jsonl(space.report_dir / "scores.jsonl", (oof_record(r, fold) for fold, rs in slm_rows.items() for r in rs))
     (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -718,10 +731,7 @@ def rechoose_on_every_dev_row(space: Workspace, rows: list[RealRow],
             dev[fold] = whole[fold]
         score_with(load_predictor(adapters[fold]), "finetuned", dev[fold], f"finetuned SLM, fold {fold} dev",
                    excerpt=trained == "window")
-        for model in MODELS:
-            normalisation = choose_normalisation(dev[fold], model)
-            choices[fold][model] = {"normalisation": normalisation,
-                                    "fusion_weight": choose_fusion(dev[fold], model, normalisation["value"])}
+        choices[fold].update(choose_scoring(dev[fold]))
     record.setdefault("earlier", {"slm_dev_rows": settings.slm_dev_rows,  # the run's own (a second re-choice too)
                                   "prompt_choice_rows": settings.prompt_choice_rows, "folds": earlier,
                                   "best_model_approach": record["best_model_approach"]})
@@ -751,13 +761,7 @@ def rerank_test(space: Workspace, folds: list[Fold], settings: Settings, record:
         for approach in MODEL_APPROACHES:
             ranked = ranked_codes(row, approach, choices[o["fold"]])
             o["approaches"][approach] = {"top": ranked[:3], **score_codes(o["gold"], ranked)}
-    best = record["best_model_approach"]
-    results = summarise(outcomes, best["value"] if best else None, settings)
-    results["choices"] = record
-    results["fold_sizes"] = [f.sizes() for f in folds]
-    write_jsonl(space.report_dir / "outcomes.jsonl", outcomes)
-    (space.report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return write_results(space, outcomes, record, settings, folds)
 
 
 def train_overrides(settings: Settings) -> list[str]:
