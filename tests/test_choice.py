@@ -81,14 +81,23 @@ def test_one_prompt_pass_gives_the_same_loglikelihoods_as_full_passes(embedded_m
     prompt = "Doctor: your sugar is high. Patient: I am thirsty. Code:"
     context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     continuations = [tokenizer(line, add_special_tokens=False)["input_ids"]
-                     for line in choice.answer_lines(["E11.9", "I10", "R63.1"])]
-    cached = choice.continuation_loglikelihoods(model, context, continuations)
-    for (total, _), tokens in zip(cached, continuations, strict=True):
+                     for line in choice.answer_lines(["E11.9", "I10", "R63.1", "J06.9"])]
+    continuations.append(tokenizer(" E", add_special_tokens=False)["input_ids"])  # one token: no packed step
+    assert len(continuations[-1]) == 1 and len({len(tokens) for tokens in continuations}) > 2
+    packed = choice.continuation_loglikelihoods(model, context, continuations)
+    opening = choice.PromptOpenings.compute(model, [context[:6], context[:4]])
+    assert len(opening.split(context)[1]) == len(context) - 6  # the longest opening it starts with
+    assert opening.split(context[:5] + [0] + context[6:])[1] == context[4:5] + [0] + context[6:]
+    assert opening.split([context[0] + 1] + context[1:]) == (None, [context[0] + 1] + context[1:])
+    from_opening = choice.continuation_loglikelihoods(model, context, continuations, openings=opening)
+    assert opening.split(context)[0].get_seq_length() == 6  # each use starts from an untouched copy
+    for (total, greedy), (opened, opened_greedy), tokens in zip(packed, from_opening, continuations, strict=True):
         with torch.no_grad():
             logits = model(torch.tensor([context + tokens])).logits[0]
         logprobs = torch.log_softmax(logits[len(context) - 1:-1].float(), dim=-1)
         expected = float(sum(logprobs[i, t] for i, t in enumerate(tokens)))
-        assert total == pytest.approx(expected, abs=1e-3)
+        assert total == pytest.approx(expected, abs=1e-3) and opened == pytest.approx(expected, abs=1e-3)
+        assert greedy == opened_greedy == all(int(logprobs[i].argmax()) == t for i, t in enumerate(tokens))
 
 
 def test_predict_scores_the_same_tokens_and_loglikelihoods_as_the_lm_eval_choice_task(embedded_model):
@@ -111,6 +120,11 @@ def test_predict_scores_the_same_tokens_and_loglikelihoods_as_the_lm_eval_choice
                                                                                                     candidates)
     assert [count for _, count in served] == [len(k) for _, k in pairs]
     assert [total for total, _ in served] == pytest.approx([total for total, _ in evaluated], abs=1e-5)
+    for excerpt in (False, True):  # both run the prompt from the cached system prompt on, whole dialogue or window
+        context_ids = pairs[0][0] if not excerpt else lm._encode_pair(
+            lm.apply_chat_template(prompt_messages(dialogue, candidates, excerpt=True)), lines[0])[0]
+        cache, rest = lm.openings.split(context_ids)
+        assert cache is not None and lm.tokenizer.decode(rest).startswith("\nDoctor:")  # the last "\n": left out
 
 
 # ---------------------------------------------------------------- data that teaches choosing

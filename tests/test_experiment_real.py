@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, pipeline_env
 
-from icd10_coder import experiment
+from icd10_coder import experiment, serving
 from icd10_coder.experiment import Shortlisted
 
 
@@ -212,11 +212,18 @@ def test_rescoring_calibrating_and_the_serving_model_reuse_what_the_experiment_c
     assert calibrated["rows"] == 6 and calibrated["methods"]["temperature"]["n"] == 6
     assert (report / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     serving_space = Workspace.at(REPO / "outputs" / f"test-serving-{tmp_path.name}")
+    described = REPO / "docs" / "generated" / "serving-model.md"
+    before = described.read_text()
     try:
         tool("tools/serving_model.py", "--experiment", str(slice_run), "--workspace", str(serving_space.root),
              "--rows", "12", "--max-steps", "1", "--encoder-epochs", "0.05")
+        assert described.read_text() == before  # a slice describes nothing a user is served
         record = json.loads(serving_space.serving_file.read_text())
         assert record["trained_on"]["rows"] == 12 and record["approach"] == f"serving-{best}"
+        lines = serving.describe_serving_model(record)
+        assert "trained on 12 real rows" in lines[0] and record["trained_on"]["machine"] in lines[1]
+        picked = calibrated["methods"][calibrated["picked"]]
+        assert f"top-1 right {picked['accuracy']:.3f} on 6 out-of-fold rows" in lines[3]
         assert record["calibration"] == calibrated["scoring"]["calibration"]
         assert record["fusion_weight"] == calibrated["scoring"]["fusion_weight"]
         # Hashed: the data card always, the encoder when the chosen shortlist uses the fine-tuned one, the adapter

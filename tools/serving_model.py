@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from icd10_coder import serving
+from icd10_coder.benchmarks.common import hardware
 from icd10_coder.experiment import (
     Settings,
     adapter_dir,
@@ -43,6 +44,7 @@ from icd10_coder.experiment import (
     write_pairs,
     write_training_data,
 )
+from icd10_coder.generated import write_generated
 from icd10_coder.offline import apply_offline_env
 from icd10_coder.paths import EMBEDDED_MODEL, REPO_ROOT, display_path, make_private
 from icd10_coder.realdata import REAL_FILES, load_real_rows, subsample
@@ -70,10 +72,19 @@ def most_chosen(folds: dict[str, Any], key: str) -> str:
 @click.option("--encoder-epochs", type=click.FloatRange(min=0.01), default=None,
               help="Epochs of the encoder. Default: the experiment's.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop the LoRA after N steps.")
+@click.option("--docs/--no-docs", default=True, show_default=True,
+              help="Also describe the model in docs/generated/serving-model.md (shown in GUIDE).")
+@click.option("--docs-only", is_flag=True, help="Train nothing: describe the workspace's serving model in the docs.")
 def main(experiment_dir: str, workspace: str, lora_rows: int | None, row_limit: int | None,
-         encoder_epochs: float | None, max_steps: int | None) -> None:
+         encoder_epochs: float | None, max_steps: int | None, docs: bool, docs_only: bool) -> None:
     """Train the experiment's best approach on every real row and serve it with out-of-fold calibration."""
     apply_offline_env(hub_offline=True)
+    if docs_only:
+        serving_file = Workspace.at(workspace).serving_file
+        if not serving_file.is_file():
+            raise click.ClickException(f"{display_path(serving_file)} is missing: run tools/serving_model.py first")
+        describe(json.loads(serving_file.read_text()), serving_file)
+        return
     report_dir = Workspace.at(experiment_dir).report_dir
     choices_file, calibration_file = report_dir / "choices.json", report_dir / "calibration.json"
     for needed, command in ((choices_file, "tools/experiment_real.py"), (calibration_file, "tools/calibrate.py")):
@@ -130,13 +141,24 @@ def main(experiment_dir: str, workspace: str, lora_rows: int | None, row_limit: 
     # 4. The scoring record, fitted out of fold.
     record = served_record(space, calibrated, best, adapter, len(rows), len(lists), calibration_file,
                            command=" ".join(["python tools/serving_model.py", *sys.argv[1:]]))
-    record["trained_on"].update(seconds=timings, minutes=round((time.perf_counter() - started) / 60, 1))
+    machine = hardware()
+    record["trained_on"].update(seconds=timings, minutes=round((time.perf_counter() - started) / 60, 1),
+                                machine=f"{machine['cpu']}, {machine['cores']} cores")
     text = json.dumps(record, indent=2) + "\n"
     space.serving_file.write_text(text)
     if adapter is not None:
         (adapter / serving.SCORING_RECORD).write_text(text)
         make_private(adapter)
     click.secho(f"-> {display_path(space.serving_file)}: {serving.served_by(record)}", bold=True)
+    if docs and not row_limit and not max_steps:  # a slice describes nothing a user is served
+        describe(record, space.serving_file)
+
+
+def describe(record: dict[str, Any], serving_file: Path) -> None:
+    """Write the serving model's description (docs/generated/serving-model.md, shown in GUIDE)."""
+    head = f"`python tools/serving_model.py`, {time.strftime('%Y-%m-%d')}, from `{display_path(serving_file)}`:"
+    written = write_generated("serving-model", "\n".join([head, *serving.describe_serving_model(record)]))
+    click.echo(f"wrote {display_path(written)} (GUIDE)")
 
 
 def served_record(space: Workspace, calibrated: dict[str, Any], best: str, adapter: Path | None, rows: int,

@@ -119,31 +119,69 @@ def split_continuations(tokenize: Any, context: str, continuations: Sequence[str
     return context_ids, [tokenize(stripped + moved + text)[len(context_ids):] for text in continuations]
 
 
-def continuation_loglikelihoods(model: Any, context: list[int], continuations: list[list[int]],
-                                device: Any = "cpu") -> list[tuple[float, bool]]:
-    """Sum log-probability (and greedy flag) of each continuation after ``context``: the context runs
-    once, its key/value cache is repeated for all continuations, which run as one batch."""
+@dataclass(frozen=True)
+class PromptOpenings:
+    """The key/value caches of the openings every prompt starts with (``prompts.prompt_openings``: system prompt
+    and the user message's header, ~130 tokens), computed once: a prompt that starts with one runs only the rest.
+    Read-only: each use copies the cache it starts from."""
+
+    openings: tuple[tuple[tuple[int, ...], Any], ...]
+
+    @classmethod
+    def compute(cls, model: Any, openings: Sequence[Sequence[int]], device: Any = "cpu") -> PromptOpenings:
+        import torch
+
+        cached = []
+        for tokens in openings:
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([list(tokens)], device=device), use_cache=True, logits_to_keep=1)
+            cached.append((tuple(tokens), out.past_key_values))
+        return cls(tuple(cached))
+
+    def split(self, context: Sequence[int]) -> tuple[Any, list[int]]:
+        """(a copy of the longest matching opening's cache, the tokens still to run); (None, the whole context) when
+        ``context`` starts with none of them."""
+        import copy
+
+        for tokens, cache in sorted(self.openings, key=lambda opening: -len(opening[0])):
+            if len(context) > len(tokens) and tuple(context[: len(tokens)]) == tokens:
+                return copy.deepcopy(cache), list(context[len(tokens):])
+        return None, list(context)
+
+
+def continuation_loglikelihoods(model: Any, context: list[int], continuations: list[list[int]], device: Any = "cpu",
+                                openings: PromptOpenings | None = None) -> list[tuple[float, bool]]:
+    """Sum log-probability (and greedy flag) of each continuation after ``context``. The context runs once (from
+    the cache of the opening it starts with, ``openings``); then every continuation runs in one packed sequence
+    over its cache, each token seeing the context and the earlier tokens of its own continuation only (a block
+    mask; positions restart after the context for each): no padding and no copies of the context's cache."""
     import torch
     import torch.nn.functional as F
 
-    prompt = torch.tensor([context], device=device)
+    cache, rest = openings.split(context) if openings is not None else (None, list(context))
     with torch.no_grad():
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=torch.tensor([rest], device=device), past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every continuation's first token
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(len(continuations))
-    longest = max(len(c) for c in continuations)
-    # Right padding: under causal attention no real token sees a pad, so no mask is needed.
-    rest = torch.zeros((len(continuations), max(1, longest - 1)), dtype=torch.long, device=device)
-    for row, tokens in enumerate(continuations):
-        rest[row, : len(tokens) - 1] = torch.tensor(tokens[:-1], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(input_ids=rest, past_key_values=cache, use_cache=True).logits if longest > 1 else None
-    answers = []
-    for row, tokens in enumerate(continuations):
+    packed = [token for tokens in continuations for token in tokens[:-1]]
+    logits = None
+    if packed:
+        owner = torch.tensor([row for row, tokens in enumerate(continuations) for _ in tokens[:-1]], device=device)
+        step = torch.tensor([i for tokens in continuations for i in range(len(tokens) - 1)], device=device)
+        own_past = (owner[:, None] == owner[None, :]) & (step[:, None] >= step[None, :])
+        seen = torch.cat([torch.ones((len(packed), len(context)), dtype=torch.bool, device=device), own_past], dim=1)
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([packed], device=device), attention_mask=mask[None, None],
+                           position_ids=(step + len(context))[None], past_key_values=out.past_key_values,
+                           use_cache=True).logits[0]
+    answers, offset = [], 0
+    for tokens in continuations:
         steps = [first]
         if len(tokens) > 1:
-            steps += list(F.log_softmax(logits[row, : len(tokens) - 1].float(), dim=-1))
+            steps += list(F.log_softmax(logits[offset: offset + len(tokens) - 1].float(), dim=-1))
+            offset += len(tokens) - 1
         total = sum(float(step[token]) for step, token in zip(steps, tokens, strict=True))
         greedy = all(int(step.argmax()) == token for step, token in zip(steps, tokens, strict=True))
         answers.append((total, greedy))

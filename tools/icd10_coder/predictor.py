@@ -21,16 +21,24 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from icd10_coder.calibration import NOT_SURE, band
-from icd10_coder.choice import Scoring, answer_lines, continuation_loglikelihoods, score_shortlist, split_continuations
+from icd10_coder.choice import (
+    PromptOpenings,
+    Scoring,
+    answer_lines,
+    continuation_loglikelihoods,
+    score_shortlist,
+    split_continuations,
+)
 from icd10_coder.codes import description, hierarchy, validity
 from icd10_coder.dialogue import clean_dialogue
 from icd10_coder.dialogue_input import PredictionError
 from icd10_coder.parsing import extract_codes
-from icd10_coder.prompts import chat_messages
+from icd10_coder.prompts import chat_messages, prompt_openings
 from icd10_coder.retrieval import RetrievalSettings, load_or_fit, read_training_pairs
 from icd10_coder.serving import served_by
 
@@ -146,6 +154,11 @@ class Predictor:
 
             self.constraint = CodePrefixConstraint(self.tokenizer)
 
+    @cached_property
+    def openings(self) -> PromptOpenings:
+        """The prompt openings' key/value caches: each shortlist prompt then runs only from its dialogue on."""
+        return PromptOpenings.compute(self.model, prompt_openings(self.tokenizer), self.device)
+
     def predict(self, dialogue: str, top_k: int) -> dict[str, Any]:
         return self.predict_batch([dialogue], top_k)[0]
 
@@ -218,7 +231,7 @@ class Predictor:
                                                     add_generation_prompt=True, tokenize=False)
         context, lines = split_continuations(lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
                                              prompt, answer_lines(candidates))
-        scores = continuation_loglikelihoods(self.model, context, lines, self.device)
+        scores = continuation_loglikelihoods(self.model, context, lines, self.device, self.openings)
         return [(total, len(tokens)) for (total, _), tokens in zip(scores, lines, strict=True)]
 
 

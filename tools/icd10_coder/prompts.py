@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -73,3 +74,17 @@ def chat_messages(dialogue: str, answer: str | None = None, candidates: list[str
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
+
+
+def prompt_openings(tokenizer: Any) -> list[list[int]]:
+    """Token ids every chat prompt starts with, under ``tokenizer``'s chat template: the system prompt and the user
+    message up to the dialogue, for the whole dialogue and for an evidence window. The last token before the
+    dialogue is left out (a tokeniser may merge it with the dialogue's first word). A scorer caches their
+    keys/values once (:class:`icd10_coder.choice.PromptOpenings`)."""
+    marker = "\u2063dialogue\u2063"  # invisible separators: no dialogue contains them
+    openings = []
+    for excerpt in (False, True):
+        text = tokenizer.apply_chat_template(chat_messages(marker, candidates=["A00.0"], excerpt=excerpt),
+                                             add_generation_prompt=True, tokenize=False)
+        openings.append(tokenizer(text[: text.index(marker)], add_special_tokens=False)["input_ids"][:-1])
+    return openings

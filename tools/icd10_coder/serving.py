@@ -70,6 +70,28 @@ def served_by(record: dict[str, Any]) -> str:
             f"{calibrator['method']} calibration fitted on {calibrator['fitted_on']}")
 
 
+def describe_serving_model(record: dict[str, Any]) -> list[str]:
+    """The serving model in Markdown lines for GUIDE (``tools/serving_model.py`` writes them from its record): what
+    it learned from, what the training cost, how it scores, and the out-of-fold figures that stand for it."""
+    trained = record["trained_on"]
+    seconds = "; ".join(f"{step}: {value / 60:.1f} min" for step, value in trained.get("seconds", {}).items())
+    chosen, measured = record["chosen_on"], record["test_calibration"]
+    low, high = measured["ece_95ci"]
+    return [
+        f"- served: **{record['approach']}**, trained on {trained['rows']} real rows ({', '.join(trained['files'])}); "
+        f"the LoRA on {trained['lora_rows']} of them"
+        + (f", adapter `{record['adapter']}`" if record["adapter"] else ""),
+        f"- training: {seconds}; {trained['minutes']} min in all"
+        + (f" ({trained['machine']})" if trained.get("machine") else ""),
+        f"- scoring: {record['normalisation']} log-likelihood, fusion weight {record['fusion_weight']}, "
+        f"{record['calibration']['method']} calibration, all fitted on {record['calibration']['fitted_on']}",
+        f"- what stands for its accuracy (no row is left to test it on): top-1 right {measured['accuracy']:.3f} on "
+        f"{measured['n']} out-of-fold rows, cross-fitted (each fold's rows scored as fitted on the other folds; "
+        f"{chosen['exact_match']:.3f} with the served weight, chosen on all {chosen['rows']} of them: optimistic); "
+        f"ECE {measured['ece']:.3f} [{low:.3f}, {high:.3f}]",
+    ]
+
+
 def stale_files(record: dict[str, Any]) -> list[str]:
     """The recorded files that are missing or changed since the record was fitted (e.g. a retrained adapter)."""
     stale = []
