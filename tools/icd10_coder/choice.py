@@ -136,14 +136,14 @@ class PromptOpenings:
             with torch.no_grad():
                 out = model(input_ids=torch.tensor([list(tokens)], device=device), use_cache=True, logits_to_keep=1)
             cached.append((tuple(tokens), out.past_key_values))
-        return cls(tuple(cached))
+        return cls(tuple(sorted(cached, key=lambda opening: -len(opening[0]))))  # longest first: split takes it
 
     def split(self, context: Sequence[int]) -> tuple[Any, list[int]]:
         """(a copy of the longest matching opening's cache, the tokens still to run); (None, the whole context) when
         ``context`` starts with none of them."""
         import copy
 
-        for tokens, cache in sorted(self.openings, key=lambda opening: -len(opening[0])):
+        for tokens, cache in self.openings:
             if len(context) > len(tokens) and tuple(context[: len(tokens)]) == tokens:
                 return copy.deepcopy(cache), list(context[len(tokens):])
         return None, list(context)
